@@ -1,0 +1,85 @@
+"""Where a run's outputs go: everything under one working folder, never into the data folder.
+
+    {root}/cache/{data-name}-{hash}/train_long.parquet     ingested long table
+    {root}/cache/{data-name}-{hash}/png_{size}/...          preprocessed images (PngImageStore)
+    {root}/runs/{run-name}/                                 one training run (see RunRecord)
+
+Real Kaggle data is often read-only, so the default root is ./spine_outputs in the current
+working directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from spine_model.config import TrainConfig
+from spine_model.image_store import PngImageStore
+from spine_model.split import StudySplit
+
+DEFAULT_ROOT = Path("spine_outputs")
+
+
+class Workspace:
+    """Paths of caches and runs under one root folder."""
+
+    def __init__(self, root: str | Path = DEFAULT_ROOT) -> None:
+        self.root = Path(root).resolve()
+
+    def dataset_dir(self, data_dir: str | Path) -> Path:
+        """Cache folder of one data folder: its name plus a hash of its absolute path."""
+        data_dir = Path(data_dir).resolve()
+        digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:8]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_dir.name) or "data"
+        return self.root / "cache" / f"{name}-{digest}"
+
+    def long_table_path(self, data_dir: str | Path) -> Path:
+        return self.dataset_dir(data_dir) / "train_long.parquet"
+
+    def image_store_root(self, data_dir: str | Path, image_size: int, split: str = "train") -> Path:
+        return self.dataset_dir(data_dir) / f"{split}_png_{image_size}"
+
+    def image_store(self, data_dir: str | Path, image_size: int, split: str = "train") -> PngImageStore:
+        return PngImageStore(self.image_store_root(data_dir, image_size, split))
+
+    def run_dir(self, run_name: str) -> Path:
+        return self.root / "runs" / run_name
+
+
+@dataclass
+class RunRecord:
+    """What a run folder needs to be evaluated again: data, config and the study split."""
+
+    data_dir: str
+    workspace: str
+    config: TrainConfig
+    split: StudySplit
+
+    FILE = "run.json"
+
+    def save(self, run_dir: str | Path) -> Path:
+        path = Path(run_dir) / self.FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(
+            json.dumps(
+                {
+                    "data_dir": self.data_dir,
+                    "workspace": self.workspace,
+                    "config": self.config.model_dump(mode="json"),
+                    **self.split.to_dict(),
+                },
+                indent=2,
+            )
+        )
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunRecord:
+        path = Path(run_dir) / cls.FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {run_dir} is not a run folder written by `spine train`")
+        data = json.loads(path.read_text())
+        return cls(data["data_dir"], data["workspace"], TrainConfig(**data["config"]), StudySplit.from_dict(data))

@@ -1,0 +1,36 @@
+"""Shared fixtures: telemetry off, tiny synthetic datasets, and a throwaway workspace."""
+
+from __future__ import annotations
+
+import os
+
+# Offline machines: no telemetry from Prefect or MLflow (MLflow needs the string "true").
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from spine_model.synth import generate_dataset  # noqa: E402
+
+TINY = {"n_studies": 12, "n_test_studies": 3, "image_size": 64, "n_slices": 6, "seed": 7}
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 train + 3 test synthetic studies at 64 px; read-only by convention (copy to modify)."""
+    root = tmp_path_factory.mktemp("tiny_data")
+    generate_dataset(root, **TINY)
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_data: Path, tmp_path: Path) -> Path:
+    """A private copy of the tiny dataset that a test may break."""
+    import shutil
+
+    target = tmp_path / "data"
+    shutil.copytree(tiny_data, target)
+    return target

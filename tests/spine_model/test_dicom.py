@@ -1,0 +1,65 @@
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from spine_model.dicom import DicomReadError, read_pixels, slice_position, to_uint8
+
+
+def _rewrite(tmp_path, **changes):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    for key, value in changes.items():
+        setattr(ds, key, value)
+    path = tmp_path / "x.dcm"
+    ds.save_as(path)
+    return path, ds.pixel_array.astype(np.float32)
+
+
+def test_rescale_slope_and_intercept_are_applied(tmp_path):
+    path, raw = _rewrite(tmp_path, RescaleSlope=2.0, RescaleIntercept=-100.0)
+    np.testing.assert_allclose(read_pixels(path), raw * 2.0 - 100.0)
+
+
+def test_monochrome1_is_inverted(tmp_path):
+    path, raw = _rewrite(tmp_path, PhotometricInterpretation="MONOCHROME1")
+    pixels = read_pixels(path)
+    assert pixels[raw == raw.max()].max() == pytest.approx(raw.min())
+    assert pixels[raw == raw.min()].min() == pytest.approx(raw.max())
+
+
+def test_reads_signed_real_mr_file():
+    pixels = read_pixels(get_testdata_file("MR_small.dcm"))
+    assert pixels.shape == (64, 64)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    source = get_testdata_file("MR_small.dcm")
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(open(source, "rb").read()[:200])
+    with pytest.raises(DicomReadError, match="broken.dcm"):
+        read_pixels(broken)
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(b"not a dicom file at all")
+    with pytest.raises(DicomReadError, match="garbage.dcm"):
+        read_pixels(garbage)
+
+
+def test_to_uint8_windows_robustly():
+    pixels = np.linspace(0, 1000, 10000, dtype=np.float32).reshape(100, 100)
+    pixels[0, 0] = 1e9  # one hot pixel must not crush the rest to black
+    image = to_uint8(pixels)
+    assert image.dtype == np.uint8
+    assert image[0, 0] == 255 and image[50, 50] in range(120, 136)
+    assert to_uint8(np.full((4, 4), 7.0)).max() == 0
+
+
+def test_slice_position_follows_the_slice_normal(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]  # sagittal: normal along -x
+    positions = []
+    for x in (10.0, -5.0, 0.0):
+        ds.ImagePositionPatient = [x, 0.0, 0.0]
+        path = tmp_path / f"{x}.dcm"
+        ds.save_as(path)
+        positions.append(slice_position(path))
+    assert np.argsort(positions).tolist() == np.argsort([-10.0, 5.0, 0.0]).tolist()
