@@ -26,9 +26,7 @@ class SpineDataset(Dataset):
     resizing never shifts them (the seed scaled after the resize and fed raw pixels).
     """
 
-    def __init__(
-        self, table: pd.DataFrame, store: ImageStore, image_size: int, augment: bool = False
-    ) -> None:
+    def __init__(self, table: pd.DataFrame, store: ImageStore, image_size: int, augment: bool = False) -> None:
         self.keys = table[["study_id", "series_id", "instance_number"]].to_numpy(dtype=np.int64)
         self.points_xy = table[["x", "y"]].to_numpy(dtype=np.float32)
         self.targets = table[list(LABEL_COLUMNS)].to_numpy(dtype=np.int64)

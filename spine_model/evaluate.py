@@ -14,6 +14,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from spine_model.config import TrainConfig
 from spine_model.constants import (
     CONDITIONS,
     LABEL_COLUMNS,
@@ -22,7 +23,6 @@ from spine_model.constants import (
     SEVERITIES,
     SEVERITY_COLUMNS,
 )
-from spine_model.config import TrainConfig
 from spine_model.dataset import SpineDataset
 from spine_model.image_store import ImageStore
 from spine_model.metrics import (
@@ -116,8 +116,9 @@ class Evaluation:
         """Flat numeric summary (for MLflow and comparisons)."""
         overall = self.reports["overall"] or {}
         flat = {
-            "val_loss": self.loss,
-            "val_accuracy": self.accuracy,
+            # "final_": per-epoch val_loss / val_accuracy are separate series with step = epoch
+            "final_val_loss": self.loss,
+            "final_val_accuracy": self.accuracy,
             "val_competition_score": self.score,
             "val_prior_score": self.prior_score,
             "val_score_gain_over_prior": self.prior_score - self.score,
@@ -131,11 +132,16 @@ class Evaluation:
 
     def describe(self) -> str:
         """The compact report a person reads at a glance."""
-        verdict = "beats" if self.score < self.prior_score else "does NOT beat"
+        gap = abs(self.prior_score - self.score)
+        verdict = (
+            f"beats the prior by {gap:.4f}"
+            if self.score < self.prior_score
+            else f"is worse than the prior by {gap:.4f}"
+        )
         lines = [
             f"Validation: {self.n_studies} studies, {self.n_rows} rows",
             f"  competition score {self.score:.4f}   prior baseline {self.prior_score:.4f}   "
-            f"(lower is better: the model {verdict} the prior by {abs(self.prior_score - self.score):.4f})",
+            f"(lower is better: the model {verdict})",
             f"  loss {self.loss:.4f}   accuracy {self.accuracy:.4f} (labelled cells of every row)",
             "",
             f"  {'condition':<34}{'log loss':>9}{'prior':>8}  {'F1 N/M':>7}{'F1 Mod':>7}{'F1 Sev':>7}{'n':>7}",
@@ -158,6 +164,30 @@ class Evaluation:
                     f"    {severity:<24}{r['precision']:>10.2f}{r['recall']:>8.2f}{r['f1-score']:>6.2f}"
                     f"{int(r['support']):>10d}"
                 )
+        return "\n".join(lines)
+
+    def markdown(self) -> str:
+        """Scores and a per-condition table as Markdown (for the Prefect UI)."""
+        verdict = "beats" if self.score < self.prior_score else "does **not** beat"
+        lines = [
+            "| | competition score | loss | accuracy |",
+            "|---|---:|---:|---:|",
+            f"| **model** | **{self.score:.4f}** | {self.loss:.4f} | {self.accuracy:.4f} |",
+            f"| prior baseline | {self.prior_score:.4f} | | |",
+            "",
+            f"Lower is better: the model {verdict} the train-split class prior "
+            f"({self.n_studies} validation studies, {self.n_rows} rows).",
+            "",
+            "| condition | log loss | prior | F1 Normal/Mild | F1 Moderate | F1 Severe |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for condition in CONDITIONS:
+            report = self.reports.get(condition) or {}
+            f1 = " | ".join(f"{report.get(s, {}).get('f1-score', float('nan')):.2f}" for s in SEVERITIES)
+            lines.append(
+                f"| {condition} | {self.condition_log_loss.get(condition, float('nan')):.4f} | "
+                f"{self.prior_condition_log_loss.get(condition, float('nan')):.4f} | {f1} |"
+            )
         return "\n".join(lines)
 
     def reports_text(self) -> str:
@@ -183,12 +213,14 @@ class Evaluation:
         out_dir.mkdir(parents=True, exist_ok=True)
         paths = {
             "summary": out_dir / "summary.txt",
+            "summary_markdown": out_dir / "summary.md",
             "metrics": out_dir / "metrics.json",
             "reports_json": out_dir / "classification_reports.json",
             "reports_text": out_dir / "classification_reports.txt",
             "submission": out_dir / "val_submission.csv",
         }
         paths["summary"].write_text(self.describe() + "\n")
+        paths["summary_markdown"].write_text(self.markdown() + "\n")
         paths["metrics"].write_text(json.dumps(self.metrics(), indent=2))
         paths["reports_json"].write_text(json.dumps(self.reports, indent=2))
         paths["reports_text"].write_text(self.reports_text())

@@ -59,9 +59,7 @@ class PngImageStore:
                 pixels = np.asarray(image.convert("L"))
                 size = image.text.get(_SIZE_KEY)
         except FileNotFoundError as error:
-            raise FileNotFoundError(
-                f"no preprocessed image {path}; run preprocessing for this data first"
-            ) from error
+            raise FileNotFoundError(f"no preprocessed image {path}; run preprocessing for this data first") from error
         if size is None:
             raise ValueError(f"{path} lacks the '{_SIZE_KEY}' text chunk written by preprocessing")
         height, width = (int(v) for v in size.split(","))

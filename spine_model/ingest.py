@@ -141,9 +141,7 @@ def load_series_descriptions(data_dir: str | Path, split: str = "train") -> pd.D
         {
             "study_id": _integers(path, raw, "study_id"),
             "series_id": _integers(path, raw, "series_id"),
-            "series_description": _mapped(
-                path, raw, "series_description", {d: d for d in SERIES_DESCRIPTIONS}
-            ),
+            "series_description": _mapped(path, raw, "series_description", {d: d for d in SERIES_DESCRIPTIONS}),
         }
     )
 

@@ -47,9 +47,7 @@ def _normalise_rows(values: np.ndarray) -> np.ndarray:
     return np.divide(values, totals, out=uniform, where=totals > 0)
 
 
-def weighted_log_loss(
-    y_true: np.ndarray, y_proba: np.ndarray, sample_weight: np.ndarray | None = None
-) -> float:
+def weighted_log_loss(y_true: np.ndarray, y_proba: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
     """Sample-weighted multiclass log loss, with scikit-learn 1.3's clipping and row normalisation.
 
     `y_true` is one-hot (n, k) or, for the binary case, a 0/1 vector with `y_proba` the
@@ -110,8 +108,7 @@ def competition_score(solution: pd.DataFrame, submission: pd.DataFrame) -> float
     if absent.any():
         examples = merged.loc[absent, "row_id"].head(3).tolist()
         raise ScoringError(
-            f"submission lacks {int(absent.sum())} of the solution's {len(solution)} rows, "
-            f"e.g. {examples}"
+            f"submission lacks {int(absent.sum())} of the solution's {len(solution)} rows, e.g. {examples}"
         )
     merged["study_id"] = merged["row_id"].str.split("_", n=1).str[0]
     merged["group"] = merged["row_id"].map(metric_group)

@@ -82,7 +82,7 @@ def load_pretrained_state_dict(backbone: str, allow_download: bool = True) -> di
     cached = pretrained_weights_file(backbone)
     how_to = (
         f"Put {cached.name} into {cached.parent} (set TORCH_HOME to use another cache folder): on a "
-        f"machine with internet, `python -c \"import torchvision; torchvision.models.{backbone}"
+        f'machine with internet, `python -c "import torchvision; torchvision.models.{backbone}'
         f"(weights='DEFAULT')\"` downloads it into $TORCH_HOME/hub/checkpoints, or fetch "
         f"{weights.url}. Or train from scratch with --no-pretrained."
     )

@@ -254,9 +254,7 @@ def _write_study(
         spacing = round(float(rng.uniform(0.5, 0.9)) * 256 / image_size, 4)
         first_instance = int(rng.integers(1, 4))
         reversed_numbering = bool(rng.random() < 0.3)
-        instance_of_slice = [
-            first_instance + (n_slices - 1 - k if reversed_numbering else k) for k in range(n_slices)
-        ]
+        instance_of_slice = [first_instance + (n_slices - 1 - k if reversed_numbering else k) for k in range(n_slices)]
         axial = description == AXIAL_T2
         orientation = [1, 0, 0, 0, 1, 0] if axial else [0, 1, 0, 0, 0, -1]
         for k in range(n_slices):
@@ -274,9 +272,7 @@ def _write_study(
                 spacing=spacing,
             )
             files += 1
-        series_rows.append(
-            {"study_id": study_id, "series_id": series_id, "series_description": description}
-        )
+        series_rows.append({"study_id": study_id, "series_id": series_id, "series_description": description})
         for point in points:
             if point.severity == MISSING_LABEL:
                 continue  # unlabelled cells carry no coordinates, as in the real data
@@ -322,8 +318,10 @@ def generate_dataset(
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     study_ids = _unique_ids(rng, n_studies + n_test_studies)
-    splits = {"train": sorted(int(s) for s in study_ids[:n_studies]),
-              "test": sorted(int(s) for s in study_ids[n_studies:])}
+    splits = {
+        "train": sorted(int(s) for s in study_ids[:n_studies]),
+        "test": sorted(int(s) for s in study_ids[n_studies:]),
+    }
 
     files = 0
     all_labels: dict[str, dict[int, np.ndarray]] = {}
@@ -380,8 +378,12 @@ def generate_dataset(
     (root / "synthetic.json").write_text(
         json.dumps(
             # out_dir left out: the same seed gives the same files wherever they are written
-            {"seed": seed, "image_size": image_size, "n_slices": n_slices,
-             **{k: v for k, v in asdict(summary).items() if k != "out_dir"}},
+            {
+                "seed": seed,
+                "image_size": image_size,
+                "n_slices": n_slices,
+                **{k: v for k, v in asdict(summary).items() if k != "out_dir"},
+            },
             indent=2,
         )
     )

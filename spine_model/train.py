@@ -162,9 +162,7 @@ def fit(
             model, val_loader, device, class_weights, config, None, f"epoch {epoch} val", progress
         )
         scheduler.step(val_loss)
-        stats = EpochStats(
-            epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - started
-        )
+        stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - started)
         result.history.append(stats)
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2g | %.1fs",

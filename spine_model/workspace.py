@@ -51,10 +51,12 @@ class Workspace:
 
 @dataclass
 class RunRecord:
-    """What a run folder needs to be evaluated again: data, config and the study split."""
+    """A run folder's inputs, so that it can be evaluated again: paths, config and split."""
 
     data_dir: str
-    workspace: str
+    table_path: str
+    labels_path: str
+    store_root: str
     config: TrainConfig
     split: StudySplit
 
@@ -63,17 +65,9 @@ class RunRecord:
     def save(self, run_dir: str | Path) -> Path:
         path = Path(run_dir) / self.FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(
-            json.dumps(
-                {
-                    "data_dir": self.data_dir,
-                    "workspace": self.workspace,
-                    "config": self.config.model_dump(mode="json"),
-                    **self.split.to_dict(),
-                },
-                indent=2,
-            )
-        )
+        fields = {k: getattr(self, k) for k in ("data_dir", "table_path", "labels_path", "store_root")}
+        payload = {**fields, "config": self.config.model_dump(mode="json"), **self.split.to_dict()}
+        path.write_text(json.dumps(payload, indent=2))
         return path
 
     @classmethod
@@ -82,4 +76,22 @@ class RunRecord:
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: {run_dir} is not a run folder written by `spine train`")
         data = json.loads(path.read_text())
-        return cls(data["data_dir"], data["workspace"], TrainConfig(**data["config"]), StudySplit.from_dict(data))
+        return cls(
+            data["data_dir"], data["table_path"], data["labels_path"], data["store_root"],
+            TrainConfig(**data["config"]), StudySplit.from_dict(data),
+        )  # fmt: skip
+
+
+def file_fingerprint(path: str | Path, content: bool = True) -> str:
+    """sha256 of a file's bytes (or, with content=False, of its size and mtime); 'missing' if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return f"missing:{path}"
+    if not content:
+        stat = path.stat()
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

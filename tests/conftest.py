@@ -34,3 +34,18 @@ def tiny_copy(tiny_data: Path, tmp_path: Path) -> Path:
     target = tmp_path / "data"
     shutil.copytree(tiny_data, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect server for the whole session (it takes ~20 s to start)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+TINY_TRAIN = {
+    "image_size": 32, "epochs": 2, "batch_size": 16, "num_workers": 0, "pretrained": False,
+    "val_fraction": 0.25, "lr": 1e-3, "preprocess_workers": 1,
+}  # fmt: skip

@@ -10,7 +10,9 @@ from spine_model.image_store import PngImageStore
 
 def _table(x, y, labels=None):
     labels = labels if labels is not None else [0] * 25
-    return pd.DataFrame([[1, 2, 3, x, y, *labels]], columns=["study_id", "series_id", "instance_number", "x", "y", *LABEL_COLUMNS])
+    return pd.DataFrame(
+        [[1, 2, 3, x, y, *labels]], columns=["study_id", "series_id", "instance_number", "x", "y", *LABEL_COLUMNS]
+    )
 
 
 def test_coordinates_are_scaled_by_the_original_image_size(tmp_path):

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -35,7 +37,7 @@ def test_reads_signed_real_mr_file():
 def test_truncated_file_is_a_clear_error(tmp_path):
     source = get_testdata_file("MR_small.dcm")
     broken = tmp_path / "broken.dcm"
-    broken.write_bytes(open(source, "rb").read()[:200])
+    broken.write_bytes(Path(source).read_bytes()[:200])
     with pytest.raises(DicomReadError, match="broken.dcm"):
         read_pixels(broken)
     garbage = tmp_path / "garbage.dcm"

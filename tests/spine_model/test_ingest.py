@@ -55,13 +55,41 @@ def _edit(path, fn):
 @pytest.mark.parametrize(
     "file, edit, expected",
     [
-        ("train.csv", lambda f: f.loc.__setitem__((4, "spinal_canal_stenosis_l1_l2"), "Mildish"), r"train.csv, row 6, column spinal_canal_stenosis_l1_l2: 'Mildish'"),
-        ("train.csv", lambda f: f.loc.__setitem__((2, "study_id"), "12a"), r"train.csv, row 4, column study_id: '12a' is not a non-negative integer"),
-        ("train_label_coordinates.csv", lambda f: f.loc.__setitem__((0, "condition"), "Spinal Stenosis"), r"row 2, column condition: 'Spinal Stenosis'"),
-        ("train_label_coordinates.csv", lambda f: f.loc.__setitem__((3, "level"), "L6/S1"), r"row 5, column level: 'L6/S1'"),
-        ("train_label_coordinates.csv", lambda f: f.loc.__setitem__((1, "instance_number"), "3.5"), r"row 3, column instance_number: '3.5'"),
-        ("train_label_coordinates.csv", lambda f: f.loc.__setitem__((1, "x"), "abc"), r"row 3, column x: 'abc' is not a finite number"),
-        ("train_series_descriptions.csv", lambda f: f.loc.__setitem__((0, "series_description"), "Coronal T1"), r"row 2, column series_description: 'Coronal T1'"),
+        (
+            "train.csv",
+            lambda f: f.loc.__setitem__((4, "spinal_canal_stenosis_l1_l2"), "Mildish"),
+            r"train.csv, row 6, column spinal_canal_stenosis_l1_l2: 'Mildish'",
+        ),
+        (
+            "train.csv",
+            lambda f: f.loc.__setitem__((2, "study_id"), "12a"),
+            r"train.csv, row 4, column study_id: '12a' is not a non-negative integer",
+        ),
+        (
+            "train_label_coordinates.csv",
+            lambda f: f.loc.__setitem__((0, "condition"), "Spinal Stenosis"),
+            r"row 2, column condition: 'Spinal Stenosis'",
+        ),
+        (
+            "train_label_coordinates.csv",
+            lambda f: f.loc.__setitem__((3, "level"), "L6/S1"),
+            r"row 5, column level: 'L6/S1'",
+        ),
+        (
+            "train_label_coordinates.csv",
+            lambda f: f.loc.__setitem__((1, "instance_number"), "3.5"),
+            r"row 3, column instance_number: '3.5'",
+        ),
+        (
+            "train_label_coordinates.csv",
+            lambda f: f.loc.__setitem__((1, "x"), "abc"),
+            r"row 3, column x: 'abc' is not a finite number",
+        ),
+        (
+            "train_series_descriptions.csv",
+            lambda f: f.loc.__setitem__((0, "series_description"), "Coronal T1"),
+            r"row 2, column series_description: 'Coronal T1'",
+        ),
         ("train_label_coordinates.csv", lambda f: f.pop("level"), r"missing column\(s\) \['level'\]"),
     ],
 )
@@ -88,12 +116,16 @@ def test_row_level_problems_are_counted_and_logged_skips(tiny_copy, caplog):
     series = pd.read_csv(tiny_copy / "train_series_descriptions.csv")
     dropped = series[series["series_description"] == "Axial T2"].iloc[0]
     series.drop(index=dropped.name).to_csv(tiny_copy / "train_series_descriptions.csv", index=False)
-    n_no_description = int(((coords["study_id"] == dropped.study_id) & (coords["series_id"] == dropped.series_id)).sum())
+    n_no_description = int(
+        ((coords["study_id"] == dropped.study_id) & (coords["series_id"] == dropped.series_id)).sum()
+    )
     # 3) a missing image file
     kept = coords[coords["series_id"] != dropped.series_id].iloc[5]
     image = tiny_copy / "train_images" / str(kept.study_id) / str(kept.series_id) / f"{kept.instance_number}.dcm"
     image.unlink()
-    n_no_image = int(((coords["series_id"] == kept.series_id) & (coords["instance_number"] == kept.instance_number)).sum())
+    n_no_image = int(
+        ((coords["series_id"] == kept.series_id) & (coords["instance_number"] == kept.instance_number)).sum()
+    )
 
     with caplog.at_level(logging.WARNING, logger="spine_model.ingest"):
         result = build_long_table(tiny_copy)

@@ -1,4 +1,5 @@
 import os
+import time
 
 import numpy as np
 import pydicom
@@ -35,7 +36,7 @@ def test_rewritten_dicom_is_redone_and_unreadable_ones_are_counted(tiny_copy, tm
     store_root = tmp_path / "png"
     preprocess_instances(keys, tiny_copy, store_root, image_size=32, workers=1, progress=False)
     changed = dicom_path(tiny_copy, "train", keys[1])
-    later = os.stat(changed).st_mtime + 10
+    later = time.time() + 10  # newer than the PNGs just written
     os.utime(changed, (later, later))
     broken = dicom_path(tiny_copy, "train", keys[2])
     broken.write_bytes(broken.read_bytes()[:200])

@@ -35,7 +35,9 @@ def test_writes_every_file_of_the_layout(tiny_data):
     assert set(series["series_description"]) == set(SERIES_DESCRIPTIONS)
     assert series.groupby("study_id").size().eq(3).all()
     for row in coords.itertuples():
-        assert (tiny_data / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm").is_file()
+        assert (
+            tiny_data / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm"
+        ).is_file()
     test_series = pd.read_csv(tiny_data / "test_series_descriptions.csv")
     sample = pd.read_csv(tiny_data / "sample_submission.csv")
     assert list(sample.columns) == ["row_id", *SEVERITY_COLUMNS]
@@ -103,7 +105,9 @@ def test_image_feature_depends_on_severity(tmp_path):
     coords = coords[coords["series_description"].isin([SAGITTAL_T1, AXIAL_T2])]
     by_severity: dict[str, list[float]] = {"Normal/Mild": [], "Moderate": [], "Severe": []}
     for row in coords.itertuples():
-        ds = pydicom.dcmread(tmp_path / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm")
+        ds = pydicom.dcmread(
+            tmp_path / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm"
+        )
         pixels = ds.pixel_array.astype(float)
         x, y = int(round(row.x)), int(round(row.y))
         contrast = pixels[max(0, y - 1) : y + 2, max(0, x - 1) : x + 2].mean() / np.median(pixels)

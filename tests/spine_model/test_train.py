@@ -46,7 +46,16 @@ def test_training_writes_checkpoints_that_reload_identically(tiny_data, tmp_path
     keys = ingest.table[["study_id", "series_id", "instance_number"]].itertuples(index=False, name=None)
     preprocess_instances(keys, tiny_data, tmp_path / "png", 32, workers=1, progress=False)
     store = PngImageStore(tmp_path / "png")
-    config = TrainConfig(pretrained=False, image_size=32, epochs=2, batch_size=16, num_workers=0, lr=1e-3, val_fraction=0.25, augment=True)
+    config = TrainConfig(
+        pretrained=False,
+        image_size=32,
+        epochs=2,
+        batch_size=16,
+        num_workers=0,
+        lr=1e-3,
+        val_fraction=0.25,
+        augment=True,
+    )
     split = split_by_study(ingest.table, config.val_fraction, config.split_seed)
     seen = []
     model, result = train_spinenet(ingest.table, split, store, config, tmp_path / "ckpt", seen.append, progress=False)

@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+# Offline machines: no telemetry (MLflow wants the string "true").
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DO_NOT_TRACK := 1
+export MLFLOW_DISABLE_TELEMETRY := true
+
+# The demo: small synthetic data, small images, CPU-friendly settings. The seed's full settings
+# (224 px, pretrained resnet18, lr 0.01, batch 64, 10 epochs) stay the defaults of `spine train`.
+DEMO_DATA ?= spine_outputs/demo_data
+DEMO_SYNTH ?= --studies 150 --test-studies 20 --image-size 96 --slices 10 --seed 0
+DEMO_TRAIN ?= --image-size 64 --epochs 4 --lr 0.001 --batch-size 32 --augment --no-pretrained \
+	--num-workers 2 --val-fraction 0.2
+
+.PHONY: demo test test-fast lint bench stack clean-outputs
+
+# The virtual environment, (re)made when missing or when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	test -f $(DEMO_DATA)/train.csv || $(BIN)/spine synth --out $(DEMO_DATA) $(DEMO_SYNTH)
+	$(BIN)/spine train $(DEMO_DATA) $(DEMO_TRAIN)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+# Everything but the real-server integration tests.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not integration"
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check spine_model tasks flows tests benchmarks
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run.py --out benchmarks/RESULTS.md
+
+# Prefect server, MLflow server, cpu/gpu process workers and the deployments; Ctrl-C stops all.
+stack: $(VENV)/.installed
+	$(BIN)/spine stack
+
+clean-outputs:
+	rm -rf spine_outputs mlflow.db .stack

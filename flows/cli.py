@@ -1,0 +1,229 @@
+"""The `spine` command line: synthetic data, ingestion, preprocessing, training and evaluation.
+
+Heavy imports (torch, Prefect, MLflow) happen inside the commands, so `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+import flows  # noqa: F401  (sets the offline defaults before Prefect or MLflow load)
+from flows.config import PipelineConfig
+
+app = typer.Typer(
+    help="RSNA 2024 lumbar spine degeneration pipeline: Kaggle data in, SpineNet trained, "
+    "evaluated with the competition metric, tracked in MLflow, orchestrated by Prefect.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+DEMO_DATA = Path("spine_outputs/demo_data")
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option(help="folder to write the Kaggle layout into")] = DEMO_DATA,
+    studies: Annotated[int, typer.Option(min=1, help="train studies")] = 100,
+    test_studies: Annotated[int, typer.Option(min=0, help="test studies (scored via test_solution.csv)")] = 10,
+    image_size: Annotated[int, typer.Option(min=16, help="DICOM width in pixels (heights vary)")] = 96,
+    slices: Annotated[int, typer.Option(min=5, help="slices per series")] = 10,
+    seed: Annotated[int, typer.Option(help="random seed; same seed, same files")] = 0,
+) -> None:
+    """Write a synthetic dataset in the exact Kaggle layout (DICOM + CSVs)."""
+    from spine_model.synth import generate_dataset
+
+    summary = generate_dataset(out, studies, test_studies, image_size, slices, seed)
+    console.print(summary.describe())
+
+
+@app.command()
+def ingest(
+    data_dir: Annotated[Path, typer.Argument(help="Kaggle-layout data folder")],
+    out: Annotated[Path | None, typer.Option(help="parquet file (default: under --workdir)")] = None,
+    workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
+) -> None:
+    """Build the long table (one row per coordinate row, with the study's 25 labels) as parquet."""
+    from spine_model.ingest import DataError, build_long_table, write_table
+    from spine_model.workspace import Workspace
+
+    try:
+        result = build_long_table(data_dir)
+    except DataError as error:
+        raise _fail(str(error)) from None
+    path = write_table(result.table, out or Workspace(workdir).long_table_path(data_dir))
+    console.print(f"{result.describe()}\nwrote {path}")
+
+
+@app.command()
+def preprocess(
+    data_dir: Annotated[Path, typer.Argument(help="Kaggle-layout data folder")],
+    image_size: Annotated[int, typer.Option(min=16, help="square PNG size")] = 224,
+    workers: Annotated[int | None, typer.Option(min=1, help="processes (default: all cores)")] = None,
+    workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
+) -> None:
+    """Convert the labelled instances' DICOM files to 8-bit PNGs once (reruns skip what is done)."""
+    from spine_model.ingest import DataError, build_long_table
+    from spine_model.preprocess import preprocess_instances
+    from spine_model.workspace import Workspace
+
+    try:
+        table = build_long_table(data_dir).table
+    except DataError as error:
+        raise _fail(str(error)) from None
+    keys = table[["study_id", "series_id", "instance_number"]].itertuples(index=False, name=None)
+    store_root = Workspace(workdir).image_store_root(data_dir, image_size)
+    report = preprocess_instances(keys, data_dir, store_root, image_size, workers=workers)
+    console.print(f"{report.describe()}\nimages in {store_root}")
+
+
+def _option_type(annotation):
+    """typer wants typing.Optional[X] where pydantic models say `X | None`."""
+    if isinstance(annotation, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return Optional[args[0]]  # noqa: UP045 (typer needs the typing form)
+    return annotation
+
+
+def _with_model_options(model: type, positional: str):
+    """Give a command one CLI option per field of a pydantic model (help = the field's description)."""
+
+    def decorate(func):
+        parameters = []
+        for name, field in model.model_fields.items():
+            flag = "--" + name.replace("_", "-")
+            if name == positional:
+                default = typer.Argument(..., help=field.description)
+            elif field.annotation is bool:
+                default = typer.Option(field.default, f"{flag}/--no-{flag[2:]}", help=field.description)
+            else:
+                default = typer.Option(field.default, flag, help=field.description)
+            kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if name == positional else inspect.Parameter.KEYWORD_ONLY
+            parameters.append(inspect.Parameter(name, kind, default=default, annotation=_option_type(field.annotation)))
+        parameters.sort(key=lambda p: p.kind)
+        func.__signature__ = inspect.Signature(parameters)
+        return func
+
+    return decorate
+
+
+def _train_command(**options) -> None:
+    """Train SpineNet with the Prefect flow `train-pipeline`; every setting is an option.
+
+    Defaults are the seed notebook's settings for real data on a GPU; add e.g.
+    `--image-size 64 --epochs 3 --no-pretrained` for a quick CPU run on synthetic data.
+    """
+    from flows.train import train_pipeline
+    from spine_model.ingest import DataError
+    from spine_model.model import PretrainedWeightsUnavailable
+
+    options["data_dir"] = str(options["data_dir"])
+    config = PipelineConfig(**options)
+    try:
+        result = train_pipeline(config)
+    except (DataError, PretrainedWeightsUnavailable, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    run_dir = Path(str(result["run_dir"]))
+    console.print()
+    typer.echo((run_dir / "evaluation" / "summary.txt").read_text())
+    _print_where_to_look(run_dir, str(result["mlflow_run_id"]), config.tracking_uri)
+
+
+def _print_where_to_look(run_dir: Path, run_id: str, tracking_uri: str | None) -> None:
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    from spine_model import tracking
+
+    console.print(f"[bold]Run folder:[/] {run_dir}")
+    console.print(f"[bold]MLflow:[/] {tracking.run_link(run_id, tracking_uri)}")
+    if PREFECT_API_URL.value():
+        console.print(f"[bold]Prefect UI:[/] {PREFECT_UI_URL.value()}")
+    else:
+        console.print(
+            "[bold]Prefect:[/] this run used a temporary Prefect server; start one with "
+            "`prefect server start` (or `make stack`) and set PREFECT_API_URL to keep the history"
+        )
+
+
+app.command(name="train")(_with_model_options(PipelineConfig, "data_dir")(_train_command))
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="a run folder written by `spine train`")],
+    checkpoint: Annotated[str, typer.Option(help="checkpoint file in run_dir/checkpoints")] = "best.pt",
+) -> None:
+    """Evaluate a run's checkpoint on its validation split and print the report."""
+    from spine_model.steps import evaluate_step
+
+    try:
+        evaluation, paths = evaluate_step(run_dir, checkpoint)
+    except FileNotFoundError as error:
+        raise _fail(str(error)) from None
+    typer.echo(evaluation.describe())
+    console.print(f"\nreports in {paths['reports_text'].parent}")
+
+
+@app.command()
+def stack(
+    state_dir: Annotated[Path, typer.Option(help="folder for server databases, artifacts and logs")] = Path(".stack"),
+    prefect_port: Annotated[int, typer.Option(help="Prefect server port on 127.0.0.1")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port on 127.0.0.1")] = 5000,
+    workers: Annotated[bool, typer.Option("--workers/--no-workers", help="start cpu and gpu process workers")] = True,
+) -> None:
+    """Run a local stack: Prefect + MLflow servers, `cpu`/`gpu` process workers, prefect.yaml deployments.
+
+    Runs in the foreground; Ctrl-C (or SIGTERM) stops every process it started.
+    """
+    import signal
+    import time
+
+    from flows.stack import LocalStack
+
+    local = LocalStack(state_dir, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the `finally` below
+    try:
+        console.print("starting Prefect and MLflow servers ...")
+        local.start_servers()
+        console.print("registering work pools cpu, gpu and the deployments of prefect.yaml ...")
+        local.deploy()
+        if workers:
+            local.start_workers()
+        console.print(
+            f"\n[bold]Prefect UI[/]  {local.ui_url}\n[bold]MLflow UI[/]   {local.mlflow_url}\n"
+            f"logs in {local.state_dir / 'logs'}\n\nIn another shell:\n"
+            f"  export PREFECT_API_URL={local.api_url} MLFLOW_TRACKING_URI={local.mlflow_url}\n"
+            "  prefect deployment run train-pipeline/spine-pipeline\n\nCtrl-C stops the stack."
+        )
+        while not local.dead():
+            time.sleep(2)
+        err.print(f"[bold red]stopped:[/] {', '.join(local.dead())} exited; see {local.state_dir / 'logs'}")
+        raise typer.Exit(code=1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        console.print("stopping the stack ...")
+        local.stop()
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

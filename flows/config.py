@@ -1,0 +1,42 @@
+"""The pipeline's parameters: one pydantic model, the Prefect UI form, the CLI options and the MLflow params.
+
+Kept free of Prefect imports so that `spine --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from spine_model.config import TrainConfig
+from spine_model.tracking import DEFAULT_EXPERIMENT
+
+GPU_DEPLOYMENT = "train-on-gpu/spine-train-gpu"
+
+
+class PipelineConfig(TrainConfig):
+    """Everything one pipeline run takes: the training settings plus data, outputs and dispatch."""
+
+    data_dir: str = Field("spine_outputs/demo_data", description="Kaggle-layout data folder")
+    workdir: str = Field("spine_outputs", description="folder for caches and run folders")
+    experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment")
+    run_name: str | None = Field(None, description="run folder and MLflow run name (default: time + flow run name)")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
+    dispatch: Literal["local", "work-pool"] = Field("local", description="train in-process, or on the GPU work pool")
+    gpu_deployment: str = Field(GPU_DEPLOYMENT, description="deployment that trains when dispatch='work-pool'")
+    dispatch_timeout_s: float = Field(6 * 3600, gt=0, description="how long to wait for the GPU flow run")
+    preprocess_workers: int | None = Field(None, ge=1, description="preprocessing processes (default: all cores)")
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
+
+
+class TrainRequest(BaseModel):
+    """What the GPU flow needs: a run folder holding run.json, and where to log."""
+
+    run_dir: str
+    mlflow_run_id: str
+    tracking_uri: str

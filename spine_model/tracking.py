@@ -1,0 +1,165 @@
+"""MLflow, behind one small module: the rest of the library runs with no tracking server at all.
+
+Every call takes an explicit `run_id` (MLflow's fluent active run is thread-local, and Prefect
+runs tasks in threads and child flows in other processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_EXPERIMENT = "rsna-lumbar-spine"
+_MAX_BATCH = 100  # MLflow caps params and metrics per log_batch call
+
+
+def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
+    """The given URI, else MLFLOW_TRACKING_URI, else MLflow 3's default: ./mlflow.db (absolute).
+
+    The absolute sqlite path lets a child flow with another working folder log to the same store.
+    """
+    if tracking_uri:
+        return tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def client(tracking_uri: str | None = None):
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+
+
+def start_run(
+    experiment: str = DEFAULT_EXPERIMENT,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    tracking_uri: str | None = None,
+) -> str:
+    """Create a run in `experiment` (created if missing); returns the run id."""
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else mlflow_client.create_experiment(experiment)
+    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    return run.info.run_id
+
+
+def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
+    client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def set_tags(run_id: str, tags: Mapping[str, Any], tracking_uri: str | None = None) -> None:
+    mlflow_client = client(tracking_uri)
+    for key, value in tags.items():
+        if value is not None:
+            mlflow_client.set_tag(run_id, key, str(value))
+
+
+def log_params(run_id: str, params: Mapping[str, Any], tracking_uri: str | None = None) -> None:
+    """Log params in batches; lists and dicts become JSON strings."""
+    from mlflow.entities import Param
+
+    items = [
+        Param(key, json.dumps(value) if isinstance(value, list | tuple | dict) else str(value))
+        for key, value in params.items()
+    ]
+    mlflow_client = client(tracking_uri)
+    for start in range(0, len(items), _MAX_BATCH):
+        mlflow_client.log_batch(run_id, params=items[start : start + _MAX_BATCH])
+
+
+def log_metrics(
+    run_id: str, metrics: Mapping[str, float], step: int | None = None, tracking_uri: str | None = None
+) -> None:
+    """Log finite numeric metrics in batches (non-finite values are refused by MLflow stores)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    timestamp = int(time.time() * 1000)
+    items = [
+        Metric(key, float(value), timestamp, step or 0)
+        for key, value in metrics.items()
+        if value is not None and np.isfinite(value)
+    ]
+    mlflow_client = client(tracking_uri)
+    for start in range(0, len(items), _MAX_BATCH):
+        mlflow_client.log_batch(run_id, metrics=items[start : start + _MAX_BATCH])
+
+
+def log_artifacts(
+    run_id: str,
+    paths: Mapping[str, Path] | list[Path],
+    artifact_path: str | None = None,
+    tracking_uri: str | None = None,
+) -> None:
+    """Log files (a folder logs recursively) under `artifact_path`."""
+    mlflow_client = client(tracking_uri)
+    for path in paths.values() if isinstance(paths, Mapping) else paths:
+        path = Path(path)
+        if path.is_dir():
+            mlflow_client.log_artifacts(
+                run_id, str(path), artifact_path=f"{artifact_path}/{path.name}" if artifact_path else path.name
+            )
+        else:
+            mlflow_client.log_artifact(run_id, str(path), artifact_path=artifact_path)
+
+
+def log_pytorch_model(
+    run_id: str,
+    model,
+    example_image: np.ndarray,
+    example_coords: np.ndarray,
+    name: str = "model",
+    tracking_uri: str | None = None,
+) -> str:
+    """Log `model` with mlflow.pytorch (torch.export format) and return its model URI.
+
+    A two-input model needs an explicit TensorSpec signature plus an input example for MLflow
+    3.14+'s torch.export serialisation; then mlflow.pytorch.load_model(uri)(image, coords) gives
+    the same outputs as the live model.
+    """
+    import mlflow
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    example_image = np.ascontiguousarray(example_image, dtype=np.float32)
+    example_coords = np.ascontiguousarray(example_coords, dtype=np.float32)
+    model = model.to("cpu").eval()
+    with torch.no_grad():
+        example_output = model(torch.from_numpy(example_image), torch.from_numpy(example_coords))
+    signature = ModelSignature(
+        inputs=Schema(
+            [
+                TensorSpec(np.dtype("float32"), (-1, *example_image.shape[1:]), "image"),
+                TensorSpec(np.dtype("float32"), (-1, 2), "coords"),
+            ]
+        ),
+        outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example_output.shape[1:]))]),
+    )
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    # The fluent run is thread-local; it is opened and closed here, in the calling thread.
+    # Leaving the block marks the run FINISHED; the pipeline ends it itself, so it goes back to
+    # RUNNING until then.
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model, name=name, signature=signature, input_example=[example_image, example_coords]
+        )
+    client(tracking_uri).update_run(run_id, status="RUNNING")
+    return info.model_uri
+
+
+def run_link(run_id: str, tracking_uri: str | None = None) -> str:
+    """Where a person opens the run: a URL for a server, else the `mlflow ui` command to start one."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        experiment_id = client(uri).get_run(run_id).info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run `mlflow ui --backend-store-uri {uri}` and open run {run_id}"

@@ -1,0 +1,38 @@
+"""MLflow tasks: explicit run ids, retries for a tracking server that blinks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from spine_model import tracking
+from spine_model.steps import log_run_outputs
+
+RETRIES = {"retries": 3, "retry_delay_seconds": 5}
+
+
+@task(name="start-mlflow-run", **RETRIES)
+def start_run_task(experiment: str, run_name: str, tags: dict[str, str], tracking_uri: str) -> str:
+    return tracking.start_run(experiment, run_name, tags, tracking_uri)
+
+
+@task(name="log-params", **RETRIES)
+def log_params_task(run_id: str, params: dict[str, Any], tracking_uri: str) -> None:
+    tracking.log_params(run_id, params, tracking_uri)
+
+
+@task(name="set-tags", **RETRIES)
+def set_tags_task(run_id: str, tags: dict[str, Any], tracking_uri: str) -> None:
+    tracking.set_tags(run_id, tags, tracking_uri)
+
+
+@task(name="log-results", **RETRIES)
+def log_results_task(run_id: str, run_dir: str, tracking_uri: str) -> str:
+    """Metrics, reports, plots, split, config, weights and the model; returns the model URI."""
+    return log_run_outputs(run_id, run_dir, tracking_uri)
+
+
+@task(name="end-mlflow-run", **RETRIES)
+def end_run_task(run_id: str, status: str, tracking_uri: str) -> None:
+    tracking.end_run(run_id, status, tracking_uri)

@@ -1,0 +1,78 @@
+"""Checks shared by the pipeline tests: what one MLflow run must hold after a pipeline run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from flows.config import PipelineConfig
+from spine_model.dataset import SpineDataset
+from spine_model.image_store import PngImageStore
+from spine_model.train import load_checkpoint
+from spine_model.workspace import RunRecord
+
+
+def _artifact_paths(client: mlflow.MlflowClient, run_id: str, path: str | None = None) -> set[str]:
+    found = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifact_paths(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineConfig) -> None:
+    """Params, per-epoch metrics, final metrics, reports, plots, weights and a model that reloads."""
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    for field in PipelineConfig.model_fields:
+        assert field in params, field
+    assert params["epochs"] == str(config.epochs) and params["dispatch"] == config.dispatch
+    assert int(params["data_train_studies"]) > 0 and int(params["data_val_rows"]) > 0
+    assert "data_train_labels_severe" in params
+    for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
+        history = client.get_metric_history(run_id, key)
+        assert [m.step for m in history] == list(range(1, config.epochs + 1)), key
+    metrics = run.data.metrics
+    for key in (
+        "val_competition_score",
+        "val_prior_score",
+        "final_val_accuracy",
+        "val_severe_f1",
+        "val_moderate_precision",
+        "val_normal_mild_recall",
+        "val_log_loss_spinal_canal_stenosis",
+    ):
+        assert key in metrics, key
+    assert run.data.tags["prefect.flow_run_id"]
+    assert run.data.tags["prefect.train_flow_run_id"]
+    artifacts = _artifact_paths(client, run_id)
+    for expected in (
+        "reports/classification_reports.json",
+        "reports/classification_reports.txt",
+        "plots/confusion_matrix.png",
+        "plots/training_curves.png",
+        "run/split.json",
+        "run/run.json",
+        "weights/best.pt",
+    ):
+        assert expected in artifacts, (expected, sorted(artifacts))
+
+    # The logged model predicts a real batch exactly as the trained weights do.
+    run_dir = Path(client.download_artifacts(run_id, "run"))
+    record = RunRecord.load(run_dir)
+    weights = client.download_artifacts(run_id, "weights/best.pt")
+    trained, model_config = load_checkpoint(weights)
+    rows = pd.read_parquet(record.table_path)
+    rows = rows[rows["study_id"].isin(record.split.val_study_ids)]
+    batch = next(
+        iter(DataLoader(SpineDataset(rows, PngImageStore(record.store_root), model_config.image_size), batch_size=4))
+    )
+    mlflow.set_tracking_uri(tracking_uri)
+    logged = mlflow.pytorch.load_model(run.data.tags["model_uri"])
+    with torch.no_grad():
+        torch.testing.assert_close(logged(batch[0], batch[1]), trained.eval()(batch[0], batch[1]))
