@@ -27,6 +27,7 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	test -f $(DEMO_DATA)/train.csv || $(BIN)/spine synth --out $(DEMO_DATA) $(DEMO_SYNTH)
 	$(BIN)/spine train $(DEMO_DATA) $(DEMO_TRAIN)
+	$(BIN)/spine predict $(DEMO_DATA) --out spine_outputs/submission.csv
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest

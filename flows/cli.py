@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import inspect
 import sys
-import types
-import typing
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -29,6 +27,8 @@ console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 DEMO_DATA = Path("spine_outputs/demo_data")
+CHAMPION_URI = "models:/spine-net@champion"
+TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)"
 
 
 def _fail(message: str) -> typer.Exit:
@@ -92,14 +92,6 @@ def preprocess(
     console.print(f"{report.describe()}\nimages in {store_root}")
 
 
-def _option_type(annotation):
-    """typer wants typing.Optional[X] where pydantic models say `X | None`."""
-    if isinstance(annotation, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        return Optional[args[0]]  # noqa: UP045 (typer needs the typing form)
-    return annotation
-
-
 def _with_model_options(model: type, positional: str):
     """Give a command one CLI option per field of a pydantic model (help = the field's description)."""
 
@@ -114,7 +106,7 @@ def _with_model_options(model: type, positional: str):
             else:
                 default = typer.Option(field.default, flag, help=field.description)
             kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if name == positional else inspect.Parameter.KEYWORD_ONLY
-            parameters.append(inspect.Parameter(name, kind, default=default, annotation=_option_type(field.annotation)))
+            parameters.append(inspect.Parameter(name, kind, default=default, annotation=field.annotation))
         parameters.sort(key=lambda p: p.kind)
         func.__signature__ = inspect.Signature(parameters)
         return func
@@ -177,6 +169,72 @@ def evaluate(
         raise _fail(str(error)) from None
     typer.echo(evaluation.describe())
     console.print(f"\nreports in {paths['reports_text'].parent}")
+
+
+@app.command()
+def compare(
+    experiment: Annotated[str, typer.Option(help="MLflow experiment to rank")] = "rsna-lumbar-spine",
+    tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_URI_HELP)] = None,
+    model_name: Annotated[str, typer.Option(help="registered model name")] = "spine-net",
+    update_registry: Annotated[
+        bool, typer.Option("--update-registry/--no-update-registry", help="register the best run, move aliases")
+    ] = True,
+) -> None:
+    """Rank an experiment's finished runs by validation competition score; update champion/challenger.
+
+    `champion` moves only when the best run beats the current champion on the same validation
+    studies; `challenger` always points at the newest run.
+    """
+    from rich.table import Table
+
+    from flows.compare import compare_models
+    from spine_model.compare import comparison_table
+
+    result = compare_models(experiment, tracking_uri, model_name, update_registry)
+    frame = comparison_table(result["ranked"])
+    if frame.empty:
+        raise _fail(f"no finished run with a score in experiment {experiment!r}")
+    table = Table(title=f"{experiment}: best first (lower score is better)")
+    for column in frame.columns:
+        table.add_column(str(column), justify="right" if column not in ("run_id", "name", "settings") else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(*("" if value is None else str(value) for value in row))
+    Console(width=max(console.width, 150)).print(table)  # a ranking is unreadable wrapped at 80
+    if result["decision"] is not None:
+        console.print(f"[bold]{model_name}:[/] {result['decision'].describe()}")
+
+
+@app.command()
+def predict(
+    data_dir: Annotated[Path, typer.Argument(help="Kaggle-layout data folder")],
+    model: Annotated[str, typer.Option(help="serving model URI, e.g. models:/spine-net@champion")] = CHAMPION_URI,
+    split: Annotated[str, typer.Option(help="which {split}_series_descriptions.csv / {split}_images to read")] = "test",
+    out: Annotated[Path, typer.Option(help="submission CSV to write")] = Path("submission.csv"),
+    use_coordinates: Annotated[
+        bool, typer.Option("--use-coordinates/--no-use-coordinates", help="use train_label_coordinates.csv points")
+    ] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_URI_HELP)] = None,
+    workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
+) -> None:
+    """Predict every study of a split into a Kaggle submission (25 rows per study).
+
+    Scores it beside the prior baseline when the data folder has test_solution.csv.
+    """
+    from flows.predict import predict as predict_flow
+    from spine_model.ingest import DataError
+
+    try:
+        result = predict_flow(str(data_dir), model, split, str(out), use_coordinates, tracking_uri, str(workdir))
+    except (DataError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"wrote {result['rows']} rows ({result['rows'] // 25} studies) to {result['submission']}")
+    scores = result["scores"]
+    if scores:
+        verdict = "beats" if scores["score"] < scores["prior_score"] else "does not beat"
+        console.print(
+            f"competition score {scores['score']:.4f}   prior baseline {scores['prior_score']:.4f}   "
+            f"(lower is better: the model {verdict} the prior)"
+        )
 
 
 @app.command()

@@ -28,6 +28,8 @@ class PipelineConfig(TrainConfig):
     dispatch: Literal["local", "work-pool"] = Field("local", description="train in-process, or on the GPU work pool")
     gpu_deployment: str = Field(GPU_DEPLOYMENT, description="deployment that trains when dispatch='work-pool'")
     dispatch_timeout_s: float = Field(6 * 3600, gt=0, description="how long to wait for the GPU flow run")
+    compare_after: bool = Field(True, description="rank the experiment's runs and update the registry afterwards")
+    model_name: str = Field("spine-net", description="registered model name for the champion/challenger aliases")
     preprocess_workers: int | None = Field(None, ge=1, description="preprocessing processes (default: all cores)")
 
     def train_config(self) -> TrainConfig:

@@ -91,6 +91,8 @@ class LocalStack:
             "MLFLOW_TRACKING_URI": self.mlflow_url,
             "SPINE_PROJECT_DIR": str(self.project_dir),
             "PYTHONUNBUFFERED": "1",
+            # Tools that MLflow and Prefect start by name (uvicorn, ...) come from this environment.
+            "PATH": os.pathsep.join([str(self.bin_dir), os.environ.get("PATH", "")]),
         }
 
     def _start(self, name: str, args: Sequence[str]) -> tuple[subprocess.Popen, Path]:
@@ -113,17 +115,27 @@ class LocalStack:
         if done.returncode != 0:
             raise RuntimeError(f"`{' '.join(args)}` failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
-    def start_servers(self, timeout_s: float = 120) -> None:
-        """Prefect and MLflow servers, started together and waited for."""
-        prefect, prefect_log = self._start(
+    def _spawn_prefect_server(self) -> tuple[subprocess.Popen, Path]:
+        return self._start(
             "prefect-server", ["prefect", "server", "start", "--host", HOST, "--port", str(self.prefect_port)]
         )
-        mlflow, mlflow_log = self._start(
+
+    def _spawn_mlflow_server(self) -> tuple[subprocess.Popen, Path]:
+        return self._start(
             "mlflow-server",
             ["mlflow", "server", "--host", HOST, "--port", str(self.mlflow_port),
              "--backend-store-uri", f"sqlite:///{self.state_dir / 'mlflow.db'}",
              "--artifacts-destination", str(self.state_dir / "mlartifacts")],
         )  # fmt: skip
+
+    def start_mlflow_server(self, timeout_s: float = 120) -> None:
+        process, log = self._spawn_mlflow_server()
+        _wait_until_healthy(f"{self.mlflow_url}/health", process, "MLflow server", log, timeout_s)
+
+    def start_servers(self, timeout_s: float = 120) -> None:
+        """Prefect and MLflow servers, started together and waited for."""
+        prefect, prefect_log = self._spawn_prefect_server()
+        mlflow, mlflow_log = self._spawn_mlflow_server()
         _wait_until_healthy(f"{self.api_url}/health", prefect, "Prefect server", prefect_log, timeout_s)
         _wait_until_healthy(f"{self.mlflow_url}/health", mlflow, "MLflow server", mlflow_log, timeout_s)
 

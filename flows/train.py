@@ -17,14 +17,15 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
 from prefect.settings import PREFECT_API_URL
 
+from flows.compare import compare_models
 from flows.config import PipelineConfig, TrainRequest
 from spine_model import tracking
-from spine_model.steps import data_facts, read_metrics, read_model_uri
+from spine_model.steps import data_facts, read_metrics, read_model_uris
 from spine_model.workspace import RunRecord, Workspace
-from tasks.data import ingest, preprocess_task, split
+from tasks.data import index_slices, ingest, preprocess_task, split
 from tasks.reporting import publish_summary_task
 from tasks.tracking import end_run_task, log_params_task, log_results_task, set_tags_task, start_run_task
-from tasks.training import evaluate_task, train_task
+from tasks.training import evaluate_task, priors_task, train_task
 
 
 @flow(name="train-on-gpu", log_prints=True)
@@ -37,8 +38,7 @@ def train_on_gpu(request: TrainRequest) -> dict[str, float]:
     )
     train_task(request.run_dir, request.mlflow_run_id, request.tracking_uri)
     metrics = evaluate_task(request.run_dir)
-    model_uri = log_results_task(request.mlflow_run_id, request.run_dir, request.tracking_uri)
-    set_tags_task(request.mlflow_run_id, {"model_uri": model_uri}, request.tracking_uri)
+    log_results_task(request.mlflow_run_id, request.run_dir, request.tracking_uri)
     return metrics
 
 
@@ -95,10 +95,15 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float
             config.data_dir, ingested.table_path, str(workspace.image_store_root(config.data_dir, config.image_size)),
             config.image_size, str(run_dir / "train_ready.parquet"), config.preprocess_workers,
         )  # fmt: skip
+        slices_path = index_slices(
+            config.data_dir, ingested.table_path, str(workspace.dataset_dir(config.data_dir) / "train_slices.parquet"),
+            config.preprocess_workers,
+        )  # fmt: skip
         RunRecord(
             str(Path(config.data_dir).resolve()), prepared.table_path, ingested.labels_path, prepared.store_root,
-            config.train_config(), study_split,
+            slices_path, config.train_config(), study_split,
         ).save(run_dir)  # fmt: skip
+        priors_task(str(run_dir))
         log_params_task(run_id, {**config.model_dump(), **data_facts(ingested, prepared, study_split)}, tracking_uri)
 
         request = TrainRequest(run_dir=str(run_dir), mlflow_run_id=run_id, tracking_uri=tracking_uri)
@@ -108,9 +113,11 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float
             _dispatch_to_work_pool(request, config)
 
         metrics = read_metrics(run_dir)
-        publish_summary_task(str(run_dir), tracking.run_link(run_id, tracking_uri), read_model_uri(run_dir))
+        publish_summary_task(str(run_dir), tracking.run_link(run_id, tracking_uri), read_model_uris(run_dir))
         end_run_task(run_id, "FINISHED", tracking_uri)
     except BaseException:
         end_run_task.fn(run_id, "FAILED", tracking_uri)  # plain call: works even while the flow fails
         raise
+    if config.compare_after:  # after the run is FINISHED, so that it takes part in the ranking
+        compare_models(config.experiment, tracking_uri, config.model_name)
     return {**metrics, "mlflow_run_id": run_id, "run_dir": str(run_dir)}

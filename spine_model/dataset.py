@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from spine_model.constants import LABEL_COLUMNS
-from spine_model.image_store import ImageStore
+from spine_model.image_store import ImageStore, resize_square
 
 # Grey-level statistics matching ImageNet's per-channel ones, since a pretrained conv1 sees the
 # grey image through its RGB filters summed (mean and std of the RGB means/stds).
@@ -40,18 +39,23 @@ class SpineDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         study_id, series_id, instance_number = (int(v) for v in self.keys[index])
         stored = self.store.get(study_id, series_id, instance_number)
-        pixels = stored.pixels
-        if pixels.shape != (self.image_size, self.image_size):
-            pixels = np.asarray(
-                Image.fromarray(pixels).resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-            )
-        image = (torch.from_numpy(pixels.astype(np.float32) / 255.0) - IMAGE_MEAN) / IMAGE_STD
-        size_xy = np.array([stored.original_width, stored.original_height], dtype=np.float32)
-        coords = torch.from_numpy(np.clip(self.points_xy[index] / size_xy, 0.0, 1.0))
-        image = image.unsqueeze(0)
+        image = image_tensor(stored.pixels, self.image_size)
+        coords = normalised_point(self.points_xy[index], stored.original_width, stored.original_height)
         if self.augment:
             image, coords = augment(image, coords)
         return image, coords, torch.tensor(self.targets[index])
+
+
+def image_tensor(pixels: np.ndarray, image_size: int) -> torch.Tensor:
+    """An 8-bit image as the model's input: (1, S, S) float, resized if needed, normalised."""
+    pixels = resize_square(pixels, image_size)
+    return ((torch.from_numpy(pixels.astype(np.float32) / 255.0) - IMAGE_MEAN) / IMAGE_STD).unsqueeze(0)
+
+
+def normalised_point(point_xy: np.ndarray, width: int, height: int) -> torch.Tensor:
+    """(x / width, y / height) in [0, 1], with the frame size of the DICOM image the point is on."""
+    size_xy = np.array([width, height], dtype=np.float32)
+    return torch.from_numpy(np.clip(np.asarray(point_xy, dtype=np.float32) / size_xy, 0.0, 1.0))
 
 
 def augment(image: torch.Tensor, coords: torch.Tensor, max_shift: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:

@@ -47,16 +47,18 @@ def to_uint8(pixels: np.ndarray, low_percentile: float = 0.5, high_percentile: f
     return np.round(scaled * 255).astype(np.uint8)
 
 
-def slice_position(path: str | Path) -> float:
+def slice_position(path_or_dataset: str | Path | pydicom.Dataset) -> float:
     """A slice's position along its series' normal (from ImagePositionPatient and orientation).
 
     Sorting a series by this gives its anatomical slice order, which instance numbers need not.
     """
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ds = path_or_dataset
+    if not isinstance(ds, pydicom.Dataset):
+        ds = pydicom.dcmread(ds, stop_before_pixels=True)
     try:
         position = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
         orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
     except AttributeError as error:
-        raise DicomReadError(f"{path}: lacks ImagePositionPatient/ImageOrientationPatient") from error
+        raise DicomReadError(f"{ds.filename}: lacks ImagePositionPatient/ImageOrientationPatient") from error
     normal = np.cross(orientation[:3], orientation[3:])
     return float(position @ normal)

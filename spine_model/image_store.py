@@ -28,6 +28,13 @@ class StoredImage:
     original_width: int
 
 
+def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
+    """An 8-bit image resized to size x size (bilinear, antialiased when shrinking)."""
+    if pixels.shape == (size, size):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
 class ImageStore(Protocol):
     """Read access to preprocessed images, keyed like the Kaggle layout."""
 

@@ -201,3 +201,12 @@ __all__ = [
     "submission_from_probabilities",
     "weighted_log_loss",
 ]
+
+
+def score_against_prior(solution: pd.DataFrame, submission: pd.DataFrame, prior: np.ndarray) -> dict[str, float]:
+    """The submission's competition score beside the prior baseline's, on the solution's studies."""
+    study_ids = sorted({int(r.split("_", 1)[0]) for r in solution["row_id"]})
+    return {
+        "score": competition_score(solution, submission),
+        "prior_score": competition_score(solution, prior_submission(prior, study_ids)),
+    }

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from tqdm.auto import tqdm
-
 from spine_model.constants import images_dir
 from spine_model.dicom import DicomReadError, read_pixels, to_uint8
-from spine_model.image_store import PngImageStore
+from spine_model.image_store import PngImageStore, resize_square
+from spine_model.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +61,7 @@ def _convert_one(job: tuple[InstanceKey, str, str, int]) -> tuple[InstanceKey, s
     except (DicomReadError, OSError) as error:
         return key, "failed", str(error)
     height, width = pixels.shape
-    image = Image.fromarray(to_uint8(pixels)).resize((image_size, image_size), Image.Resampling.BILINEAR)
-    store.put(*key, pixels=np.asarray(image, dtype=np.uint8), original_height=height, original_width=width)
+    store.put(*key, pixels=resize_square(to_uint8(pixels), image_size), original_height=height, original_width=width)
     return key, "written", ""
 
 
@@ -87,32 +81,14 @@ def preprocess_instances(
     """
     unique_keys = sorted(set(keys))
     jobs = [(key, str(dicom_path(data_dir, split, key)), str(store_root), image_size) for key in unique_keys]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // 32 or 1))
     report = PreprocessReport()
-    bar = tqdm(total=len(jobs), desc=f"preprocess {image_size}px", unit="img", disable=not progress)
-    if workers == 1:
-        results: Iterable = map(_convert_one, jobs)
-        _collect(results, report, bar)
-    else:
-        # fork where there is one: spawn would re-import the caller's __main__, which breaks
-        # plain scripts; the workers touch only numpy, PIL and pydicom, never CUDA.
-        methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            _collect(pool.map(_convert_one, jobs, chunksize=16), report, bar)
-    bar.close()
+    statuses: Counter[str] = Counter()
+    for key, status, reason in parallel_map(_convert_one, jobs, workers, f"preprocess {image_size}px", "img", progress):
+        statuses[status] += 1
+        if status == "failed":
+            report.failed[key] = reason
+    report.written, report.already_done = statuses["written"], statuses["already_done"]
     for key, reason in report.failed.items():
         log.warning("skipped unreadable instance %s: %s", key, reason)
     log.info(report.describe())
     return report
-
-
-def _collect(results: Iterable, report: PreprocessReport, bar) -> None:
-    statuses: Counter[str] = Counter()
-    for key, status, reason in results:
-        statuses[status] += 1
-        if status == "failed":
-            report.failed[key] = reason
-        bar.update()
-    report.written += statuses["written"]
-    report.already_done += statuses["already_done"]

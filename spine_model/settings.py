@@ -11,6 +11,8 @@ OFFLINE_DEFAULTS = {
     "MLFLOW_DISABLE_TELEMETRY": "true",  # MLflow wants the string "true"
     # Library log lines (ingest skips, epochs) show up in Prefect's run logs too.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "spine_model",
+    # ... and outside a flow run (plain `spine ingest`, notebooks) they just go to the console.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,11 @@ from sklearn.model_selection import GroupShuffleSplit
 class StudySplit:
     train_study_ids: tuple[int, ...]
     val_study_ids: tuple[int, ...]
+
+    def val_fingerprint(self) -> str:
+        """Short hash of the validation study ids: runs with equal fingerprints are comparable."""
+        text = ",".join(str(s) for s in sorted(self.val_study_ids))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"train_study_ids": list(self.train_study_ids), "val_study_ids": list(self.val_study_ids)}

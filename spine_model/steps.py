@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,11 @@ from spine_model import tracking
 from spine_model.dataset import SpineDataset
 from spine_model.evaluate import Evaluation, evaluate_model, label_counts
 from spine_model.image_store import PngImageStore
+from spine_model.inference import CoordinatePrior, index_slices, list_series_files, save_priors
 from spine_model.ingest import build_long_table, write_table
+from spine_model.metrics import class_prior
 from spine_model.plots import plot_confusion_matrix, plot_training_curves
-from spine_model.preprocess import preprocess_instances
+from spine_model.preprocess import dicom_path, preprocess_instances
 from spine_model.split import StudySplit, split_by_study
 from spine_model.train import EpochStats, FitResult, load_checkpoint, train_spinenet
 from spine_model.workspace import RunRecord
@@ -30,7 +33,9 @@ from spine_model.workspace import RunRecord
 log = logging.getLogger(__name__)
 
 INSTANCE_COLUMNS = ["study_id", "series_id", "instance_number"]
-MODEL_URI_FILE = "mlflow_model_uri.txt"
+MODEL_URIS_FILE = "mlflow_models.json"
+PRIORS_FILE = "priors.json"
+VAL_FINGERPRINT_PARAM = "data_val_studies_sha"
 
 
 @dataclass
@@ -104,6 +109,25 @@ def preprocess_step(
     )  # fmt: skip
 
 
+def index_step(data_dir: str | Path, table_path: str | Path, out_path: str | Path, workers: int | None = None) -> str:
+    """Slice order (ImagePositionPatient) of every file of the table's series, as parquet."""
+    series = pd.read_parquet(table_path, columns=["study_id", "series_id", "series_description"])
+    files = list_series_files(data_dir, "train", series)
+    write_table(index_slices(files, workers, progress=sys.stderr.isatty()), out_path)
+    return str(out_path)
+
+
+def priors_step(run_dir: str | Path) -> Path:
+    """Coordinate prior and class prior of the run's training studies -> run_dir/priors.json."""
+    record = RunRecord.load(run_dir)
+    table = pd.read_parquet(record.table_path)
+    labels = pd.read_parquet(record.labels_path)
+    train_rows = table[table["study_id"].isin(record.split.train_study_ids)]
+    coordinate_prior = CoordinatePrior.fit(train_rows, pd.read_parquet(record.slices_path))
+    prior = class_prior(labels[labels["study_id"].isin(record.split.train_study_ids)])
+    return save_priors(Path(run_dir) / PRIORS_FILE, coordinate_prior, prior)
+
+
 def data_facts(ingest: IngestOutputs, preprocess: PreprocessOutputs, split: StudySplit) -> dict[str, int | str]:
     """Counts worth logging beside the config: studies and rows per split, labels, skips."""
     table = pd.read_parquet(preprocess.table_path, columns=["study_id"])
@@ -111,6 +135,7 @@ def data_facts(ingest: IngestOutputs, preprocess: PreprocessOutputs, split: Stud
     facts: dict[str, int | str] = {
         "data_train_studies": len(split.train_study_ids),
         "data_val_studies": len(split.val_study_ids),
+        VAL_FINGERPRINT_PARAM: split.val_fingerprint(),
         "data_train_rows": int(table["study_id"].isin(split.train_study_ids).sum()),
         "data_val_rows": int(table["study_id"].isin(split.val_study_ids).sum()),
         "data_rows_skipped_at_ingest": sum(ingest.skipped.values()),
@@ -163,10 +188,11 @@ def evaluate_step(
     return evaluation, paths
 
 
-def log_run_outputs(run_id: str, run_dir: str | Path, tracking_uri: str | None = None) -> str:
-    """Log a finished run folder to MLflow: final metrics, reports, plots, split, config, weights, model.
+def log_run_outputs(run_id: str, run_dir: str | Path, tracking_uri: str | None = None) -> dict[str, str]:
+    """Log a finished run folder to MLflow: final metrics, reports, plots, split, config, weights,
+    the PyTorch model and the serving (pyfunc) model; the URIs become run tags and are returned.
 
-    Returns the logged model's URI. The model's input example is two real validation rows.
+    The PyTorch model's input example is two real validation rows.
     """
     run_dir = Path(run_dir)
     record = RunRecord.load(run_dir)
@@ -181,7 +207,10 @@ def log_run_outputs(run_id: str, run_dir: str | Path, tracking_uri: str | None =
         run_id, [evaluation_dir / "confusion_matrix.png", run_dir / "training_curves.png"], "plots", tracking_uri
     )
     tracking.log_artifacts(
-        run_id, [run_dir / RunRecord.FILE, run_dir / "split.json", run_dir / "history.csv"], "run", tracking_uri
+        run_id,
+        [run_dir / RunRecord.FILE, run_dir / "split.json", run_dir / "history.csv", run_dir / PRIORS_FILE],
+        "run",
+        tracking_uri,
     )
     tracking.log_artifacts(run_id, [run_dir / "checkpoints" / "best.pt"], "weights", tracking_uri)
 
@@ -190,15 +219,30 @@ def log_run_outputs(run_id: str, run_dir: str | Path, tracking_uri: str | None =
     val_rows = table[table["study_id"].isin(record.split.val_study_ids)].head(2)
     dataset = SpineDataset(val_rows, PngImageStore(record.store_root), config.image_size)
     images, coords = zip(*[(image.numpy(), xy.numpy()) for image, xy, _ in dataset], strict=True)
-    model_uri = tracking.log_pytorch_model(run_id, model, np.stack(images), np.stack(coords), tracking_uri=tracking_uri)
-    (run_dir / MODEL_URI_FILE).write_text(model_uri)
-    return model_uri
+    from spine_model.tracking.pyfunc import log_pyfunc_model  # imports mlflow: only when logging
+
+    with tracking.active_run(run_id, tracking_uri):
+        uris = {
+            "model_uri": tracking.log_pytorch_model(model, np.stack(images), np.stack(coords)),
+            "serving_model_uri": log_pyfunc_model(
+                run_dir / "checkpoints" / "best.pt", run_dir / PRIORS_FILE, _serving_example(val_rows, record.data_dir)
+            ),
+        }
+    tracking.set_tags(run_id, uris, tracking_uri)
+    (run_dir / MODEL_URIS_FILE).write_text(json.dumps(uris, indent=2))
+    return uris
 
 
-def read_model_uri(run_dir: str | Path) -> str | None:
-    """The MLflow model URI that log_run_outputs recorded for a run folder, if any."""
-    path = Path(run_dir) / MODEL_URI_FILE
-    return path.read_text().strip() if path.is_file() else None
+def _serving_example(rows: pd.DataFrame, data_dir: str) -> pd.DataFrame:
+    """Long-table rows as the serving model's input: image references with their points."""
+    paths = [str(dicom_path(data_dir, "train", key)) for key in rows[INSTANCE_COLUMNS].itertuples(index=False)]
+    return rows[[*INSTANCE_COLUMNS, "series_description", "x", "y"]].assign(image_path=paths).reset_index(drop=True)
+
+
+def read_model_uris(run_dir: str | Path) -> dict[str, str]:
+    """The MLflow model URIs that log_run_outputs recorded for a run folder (empty before)."""
+    path = Path(run_dir) / MODEL_URIS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, float]:

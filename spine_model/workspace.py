@@ -57,6 +57,7 @@ class RunRecord:
     table_path: str
     labels_path: str
     store_root: str
+    slices_path: str  # slice order of the labelled series (for the coordinate prior)
     config: TrainConfig
     split: StudySplit
 
@@ -65,7 +66,7 @@ class RunRecord:
     def save(self, run_dir: str | Path) -> Path:
         path = Path(run_dir) / self.FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        fields = {k: getattr(self, k) for k in ("data_dir", "table_path", "labels_path", "store_root")}
+        fields = {k: getattr(self, k) for k in ("data_dir", "table_path", "labels_path", "store_root", "slices_path")}
         payload = {**fields, "config": self.config.model_dump(mode="json"), **self.split.to_dict()}
         path.write_text(json.dumps(payload, indent=2))
         return path
@@ -77,7 +78,7 @@ class RunRecord:
             raise FileNotFoundError(f"{path} not found: {run_dir} is not a run folder written by `spine train`")
         data = json.loads(path.read_text())
         return cls(
-            data["data_dir"], data["table_path"], data["labels_path"], data["store_root"],
+            data["data_dir"], data["table_path"], data["labels_path"], data["store_root"], data["slices_path"],
             TrainConfig(**data["config"]), StudySplit.from_dict(data),
         )  # fmt: skip
 

@@ -14,6 +14,7 @@ from spine_model.split import StudySplit
 from spine_model.steps import (
     IngestOutputs,
     PreprocessOutputs,
+    index_step,
     ingest_step,
     preprocess_step,
     split_step,
@@ -43,6 +44,10 @@ def split_cache_key(context: TaskRunContext, parameters: dict) -> str:
     )  # fmt: skip
 
 
+def index_cache_key(context: TaskRunContext, parameters: dict) -> str:
+    return _key("index-slices", file_fingerprint(parameters["table_path"]), Path(parameters["out_path"]).resolve())
+
+
 @task(
     name="ingest",
     cache_key_fn=ingest_cache_key,
@@ -62,6 +67,12 @@ def split_task(table_path: str, val_fraction: float, seed: int, out_path: str) -
     return split_step(table_path, val_fraction, seed, out_path)
 
 
+@task(name="index-slices", cache_key_fn=index_cache_key, cache_expiration=CACHE_FOR, persist_result=True, retries=2)
+def index_slices_task(data_dir: str, table_path: str, out_path: str, workers: int | None = None) -> str:
+    """Slice order of every file of the labelled series (DICOM headers only)."""
+    return index_step(data_dir, table_path, out_path, workers)
+
+
 @task(name="preprocess", retries=2, retry_delay_seconds=5)
 def preprocess_task(
     data_dir: str, table_path: str, store_root: str, image_size: int, out_table_path: str, workers: int | None = None
@@ -79,3 +90,9 @@ def ingest(data_dir: str, out_dir: str, **call_options) -> IngestOutputs:
 def split(table_path: str, val_fraction: float, seed: int, out_path: str) -> StudySplit:
     """split_task, cached unless its output file went missing since."""
     return split_task.with_options(refresh_cache=not Path(out_path).is_file())(table_path, val_fraction, seed, out_path)
+
+
+def index_slices(data_dir: str, table_path: str, out_path: str, workers: int | None = None) -> str:
+    """index_slices_task, cached unless its output file went missing since."""
+    missing = not Path(out_path).is_file()
+    return index_slices_task.with_options(refresh_cache=missing)(data_dir, table_path, out_path, workers)

@@ -9,13 +9,13 @@ from prefect.artifacts import create_markdown_artifact
 
 
 @task(name="publish-summary")
-def publish_summary_task(run_dir: str, mlflow_link: str, model_uri: str | None = None) -> str:
+def publish_summary_task(run_dir: str, mlflow_link: str, model_uris: dict[str, str] | None = None) -> str:
     """A Markdown artifact with scores, prior baseline, per-condition table and where to look next."""
     summary = (Path(run_dir) / "evaluation" / "summary.md").read_text()
     markdown = (
         f"# Spine training run `{Path(run_dir).name}`\n\n{summary}\n\n"
         f"**MLflow:** {mlflow_link}\n\n**Run folder:** `{run_dir}`\n"
-        + (f"\n**Model:** `{model_uri}`\n" if model_uri else "")
+        + "".join(f"\n**{name}:** `{uri}`\n" for name, uri in (model_uris or {}).items())
     )
     create_markdown_artifact(markdown, key="spine-training-summary", description="validation scores")
     return markdown

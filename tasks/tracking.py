@@ -28,8 +28,8 @@ def set_tags_task(run_id: str, tags: dict[str, Any], tracking_uri: str) -> None:
 
 
 @task(name="log-results", **RETRIES)
-def log_results_task(run_id: str, run_dir: str, tracking_uri: str) -> str:
-    """Metrics, reports, plots, split, config, weights and the model; returns the model URI."""
+def log_results_task(run_id: str, run_dir: str, tracking_uri: str) -> dict[str, str]:
+    """Metrics, reports, plots, split, config, weights, the PyTorch and serving models; returns their URIs."""
     return log_run_outputs(run_id, run_dir, tracking_uri)
 
 

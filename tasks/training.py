@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from spine_model import tracking
-from spine_model.steps import evaluate_step, train_step
+from spine_model.steps import evaluate_step, priors_step, train_step
 from spine_model.train import EpochStats
 from spine_model.workspace import RunRecord
 
@@ -37,3 +37,9 @@ def evaluate_task(run_dir: str) -> dict[str, float]:
     evaluation, _ = evaluate_step(run_dir, progress=False)
     get_run_logger().info("evaluation\n%s", evaluation.describe())
     return evaluation.metrics()
+
+
+@task(name="fit-priors")
+def priors_task(run_dir: str) -> str:
+    """Coordinate prior (slice and point per condition x level) and class prior of the training split."""
+    return str(priors_step(run_dir))

@@ -8,7 +8,15 @@ import math
 import pandas as pd
 
 from spine_model.config import TrainConfig
-from spine_model.steps import evaluate_step, ingest_step, preprocess_step, split_step, train_step
+from spine_model.steps import (
+    evaluate_step,
+    index_step,
+    ingest_step,
+    preprocess_step,
+    priors_step,
+    split_step,
+    train_step,
+)
 from spine_model.synth import generate_dataset
 from spine_model.workspace import RunRecord, Workspace
 
@@ -31,7 +39,13 @@ def test_synth_to_evaluation(tmp_path):
         progress=False,
     )
     config = TrainConfig(pretrained=False, image_size=64, epochs=1, batch_size=16, num_workers=0, lr=1e-3)
-    RunRecord(str(data), prepared.table_path, ingested.labels_path, prepared.store_root, config, split).save(run_dir)
+    slices_path = index_step(data, ingested.table_path, tmp_path / "slices.parquet", workers=1)
+    record = RunRecord(
+        str(data), prepared.table_path, ingested.labels_path, prepared.store_root, slices_path, config, split
+    )
+    record.save(run_dir)
+    priors = json.loads(priors_step(run_dir).read_text())
+    assert len(priors["coordinate_prior"]) == 25 and len(priors["class_prior"]) == 5
     fit = train_step(run_dir, progress=False)
     evaluation, paths = evaluate_step(run_dir, progress=False)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +112,23 @@ def log_artifacts(
             mlflow_client.log_artifact(run_id, str(path), artifact_path=artifact_path)
 
 
-def log_pytorch_model(
-    run_id: str,
-    model,
-    example_image: np.ndarray,
-    example_coords: np.ndarray,
-    name: str = "model",
-    tracking_uri: str | None = None,
-) -> str:
-    """Log `model` with mlflow.pytorch (torch.export format) and return its model URI.
+@contextmanager
+def active_run(run_id: str, tracking_uri: str | None = None) -> Iterator[None]:
+    """Make `run_id` MLflow's active run in this thread (for log_model calls), then give it back.
+
+    Leaving mlflow.start_run's block marks the run FINISHED; the pipeline ends its run itself, so
+    the status goes back to RUNNING here.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    with mlflow.start_run(run_id=run_id):
+        yield
+    client(tracking_uri).update_run(run_id, status="RUNNING")
+
+
+def log_pytorch_model(model, example_image: np.ndarray, example_coords: np.ndarray, name: str = "model") -> str:
+    """Log `model` into the active run with mlflow.pytorch (torch.export format); returns its URI.
 
     A two-input model needs an explicit TensorSpec signature plus an input example for MLflow
     3.14+'s torch.export serialisation; then mlflow.pytorch.load_model(uri)(image, coords) gives
@@ -144,15 +153,9 @@ def log_pytorch_model(
         ),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example_output.shape[1:]))]),
     )
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    # The fluent run is thread-local; it is opened and closed here, in the calling thread.
-    # Leaving the block marks the run FINISHED; the pipeline ends it itself, so it goes back to
-    # RUNNING until then.
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model, name=name, signature=signature, input_example=[example_image, example_coords]
-        )
-    client(tracking_uri).update_run(run_id, status="RUNNING")
+    info = mlflow.pytorch.log_model(
+        model, name=name, signature=signature, input_example=[example_image, example_coords]
+    )
     return info.model_uri
 
 

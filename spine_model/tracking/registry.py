@@ -1,0 +1,87 @@
+"""MLflow runs and Model Registry: finished runs as a table, versions, aliases."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from spine_model.compare import METRICS, SETTINGS, VAL_FINGERPRINT, Decision, decide
+from spine_model.tracking import client, resolve_tracking_uri
+
+MODEL_NAME = "spine-net"
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def _record(run) -> dict:
+    return {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "start_time": run.info.start_time,
+        "experiment_id": run.info.experiment_id,
+        **{key: run.data.metrics.get(key) for key in METRICS},
+        **{key: run.data.params.get(key) for key in (*SETTINGS, VAL_FINGERPRINT)},
+        "serving_model_uri": run.data.tags.get("serving_model_uri"),
+    }
+
+
+def finished_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
+    """Every FINISHED run of the experiment with its scores, settings and serving model URI."""
+    mlflow_client = client(tracking_uri)
+    found = mlflow_client.get_experiment_by_name(experiment)
+    columns = ["run_id", "run_name", "start_time", "experiment_id", *METRICS, *SETTINGS, VAL_FINGERPRINT]
+    if found is None:
+        return pd.DataFrame(columns=[*columns, "serving_model_uri"])
+    runs = mlflow_client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
+    return pd.DataFrame([_record(run) for run in runs], columns=[*columns, "serving_model_uri"])
+
+
+def register_version(run_id: str, model_uri: str, name: str = MODEL_NAME, tracking_uri: str | None = None) -> str:
+    """The registered version of a run's model, created on first use (never twice for one run)."""
+    import mlflow
+
+    mlflow_client = client(tracking_uri)
+    existing = mlflow_client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if existing:
+        return existing[0].version
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    return mlflow.register_model(model_uri, name, tags={"run_id": run_id}).version
+
+
+def alias_run_id(alias: str, name: str = MODEL_NAME, tracking_uri: str | None = None) -> str | None:
+    """The run behind a registered model's alias, or None when the alias (or model) does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client(tracking_uri).get_model_version_by_alias(name, alias).run_id
+    except MlflowException:
+        return None
+
+
+def update_aliases(ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None) -> Decision:
+    """Register the best and the newest run; `challenger` -> newest, `champion` -> best if it wins.
+
+    The champion only moves when the best run beats it on the same validation studies; the
+    decision and both scores are written as tags on the candidate's model version.
+    """
+    mlflow_client = client(tracking_uri)
+    best = ranked.iloc[0]
+    newest = ranked.sort_values("start_time").iloc[-1]
+    best_version = register_version(best["run_id"], best["serving_model_uri"], name, tracking_uri)
+    newest_version = register_version(newest["run_id"], newest["serving_model_uri"], name, tracking_uri)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, newest_version)
+
+    champion_id = alias_run_id(CHAMPION, name, tracking_uri)
+    champion = None
+    if champion_id is not None:
+        match = ranked[ranked["run_id"] == champion_id]
+        champion = match.iloc[0] if not match.empty else pd.Series(_record(mlflow_client.get_run(champion_id)))
+    decision = decide(best, champion)
+    if decision.promote:
+        mlflow_client.set_registered_model_alias(name, CHAMPION, best_version)
+    for key, value in {
+        "champion_decision": decision.describe(),
+        "candidate_score": decision.candidate_score,
+        "champion_score_before": decision.champion_score,
+    }.items():
+        if value is not None:
+            mlflow_client.set_model_version_tag(name, best_version, key, str(value))
+    return decision

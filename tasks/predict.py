@@ -1,0 +1,41 @@
+"""Prediction tasks: the input frame of a data folder, the model's submission, its score."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from prefect import get_run_logger, task
+
+from spine_model.constants import SOLUTION_CSV
+from spine_model.inference import inference_frame
+from spine_model.ingest import write_table
+from spine_model.metrics import score_against_prior
+from spine_model.tracking.pyfunc import predict_with_model
+
+
+@task(name="inference-frame", retries=2, retry_delay_seconds=5)
+def inference_frame_task(data_dir: str, split: str, use_coordinates: bool, out_path: str) -> str:
+    frame = inference_frame(data_dir, split, use_coordinates)
+    get_run_logger().info("%d image(s) of %d studies to predict", len(frame), frame["study_id"].nunique())
+    return str(write_table(frame, out_path))
+
+
+@task(name="predict")
+def predict_task(model_uri: str, frame_path: str, out_path: str, tracking_uri: str) -> dict:
+    """Write the submission CSV; returns its path and the model's class prior (for the baseline)."""
+    submission, prior = predict_with_model(model_uri, pd.read_parquet(frame_path), tracking_uri)
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    submission.to_csv(out_path, index=False)
+    return {"submission": out_path, "rows": len(submission), "class_prior": prior.tolist()}
+
+
+@task(name="score-submission")
+def score_task(data_dir: str, submission_path: str, class_prior: list) -> dict[str, float] | None:
+    """Score against `test_solution.csv` when the data folder has one (synthetic data does)."""
+    solution_path = Path(data_dir) / SOLUTION_CSV
+    if not solution_path.is_file():
+        return None
+    import numpy as np
+
+    return score_against_prior(pd.read_csv(solution_path), pd.read_csv(submission_path), np.asarray(class_prior))

@@ -1,0 +1,38 @@
+"""Comparison and registry tasks: rank runs, show them in Prefect, move the aliases."""
+
+from __future__ import annotations
+
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from spine_model.compare import Decision, comparison_table, markdown_table, rank_runs
+from spine_model.tracking import registry
+
+RETRIES = {"retries": 3, "retry_delay_seconds": 5}
+
+
+@task(name="rank-runs", **RETRIES)
+def rank_runs_task(experiment: str, tracking_uri: str) -> pd.DataFrame:
+    return rank_runs(registry.finished_runs(experiment, tracking_uri))
+
+
+@task(name="publish-comparison")
+def publish_comparison_task(ranked: pd.DataFrame, experiment: str) -> None:
+    """The ranking as a Prefect table artifact and a Markdown artifact."""
+    table = comparison_table(ranked)
+    if table.empty:
+        create_markdown_artifact(f"No finished run with a score in `{experiment}` yet.", key="spine-model-comparison")
+        return
+    create_table_artifact(table.to_dict(orient="records"), key="spine-model-ranking", description=experiment)
+    create_markdown_artifact(
+        f"# Runs of `{experiment}`, best first (lower score is better)\n\n{markdown_table(table)}",
+        key="spine-model-comparison",
+    )
+
+
+@task(name="update-aliases", **RETRIES)
+def update_aliases_task(ranked: pd.DataFrame, model_name: str, tracking_uri: str) -> Decision:
+    decision = registry.update_aliases(ranked, model_name, tracking_uri)
+    get_run_logger().info("%s: %s", model_name, decision.describe())
+    return decision

@@ -1,0 +1,46 @@
+import pandas as pd
+
+from spine_model.compare import comparison_table, decide, markdown_table, rank_runs
+
+
+def _runs(*rows):
+    base = {
+        "run_name": "r", "experiment_id": "1", "val_prior_score": 1.2, "final_val_accuracy": 0.7,
+        "val_normal_mild_f1": 0.8, "val_moderate_f1": 0.2, "val_severe_f1": 0.1, "backbone": "resnet18",
+        "image_size": "64", "pretrained": "False", "epochs": "2", "lr": "0.001", "batch_size": "16",
+        "augment": "True", "data_val_studies_sha": "abc", "serving_model_uri": "models:/m-1",
+    }  # fmt: skip
+    return pd.DataFrame([{**base, **row} for row in rows])
+
+
+def test_rank_runs_best_first_and_skips_unscored_or_modelless_runs():
+    runs = _runs(
+        {"run_id": "a", "val_competition_score": 0.9, "start_time": 1},
+        {"run_id": "b", "val_competition_score": 0.7, "start_time": 2},
+        {"run_id": "c", "val_competition_score": None, "start_time": 3},
+        {"run_id": "d", "val_competition_score": 0.5, "start_time": 4, "serving_model_uri": None},
+        {"run_id": "e", "val_competition_score": 0.7, "start_time": 5},
+    )
+    ranked = rank_runs(runs)
+    assert ranked["run_id"].tolist() == ["e", "b", "a"]  # ties: newest first
+    assert ranked["rank"].tolist() == [1, 2, 3]
+    table = comparison_table(ranked)
+    assert list(table.columns)[:5] == ["rank", "run_id", "name", "settings", "score"]
+    assert table.loc[0, "settings"] == "resnet18 64px 2ep lr=0.001 bs=16 augment"
+    assert "| 1 | e |" in markdown_table(table)
+
+
+def test_decide_promotes_only_on_a_win_over_the_same_validation_studies():
+    runs = _runs(
+        {"run_id": "new", "val_competition_score": 0.6, "start_time": 2},
+        {"run_id": "old", "val_competition_score": 0.8, "start_time": 1},
+        {"run_id": "other", "val_competition_score": 0.5, "start_time": 3, "data_val_studies_sha": "zzz"},
+    ).set_index("run_id", drop=False)
+    assert decide(runs.loc["old"], None).promote
+    win = decide(runs.loc["new"], runs.loc["old"])
+    assert win.promote and win.champion_score == 0.8 and "0.6000" in win.describe()
+    loss = decide(runs.loc["old"], runs.loc["new"])
+    assert not loss.promote and "not better" in loss.reason
+    assert not decide(runs.loc["new"], runs.loc["new"]).promote
+    other = decide(runs.loc["other"], runs.loc["old"])
+    assert not other.promote and "not comparable" in other.reason
