@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from spine_model import tracking
+from spine_model.compare import VAL_FINGERPRINT
 from spine_model.dataset import SpineDataset
 from spine_model.evaluate import Evaluation, evaluate_model, label_counts
 from spine_model.image_store import PngImageStore
@@ -35,7 +36,6 @@ log = logging.getLogger(__name__)
 INSTANCE_COLUMNS = ["study_id", "series_id", "instance_number"]
 MODEL_URIS_FILE = "mlflow_models.json"
 PRIORS_FILE = "priors.json"
-VAL_FINGERPRINT_PARAM = "data_val_studies_sha"
 
 
 @dataclass
@@ -66,10 +66,6 @@ def split_step(table_path: str | Path, val_fraction: float, seed: int, out_path:
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(split.to_dict(), indent=2))
     return split
-
-
-def load_split(path: str | Path) -> StudySplit:
-    return StudySplit.from_dict(json.loads(Path(path).read_text()))
 
 
 @dataclass
@@ -135,7 +131,7 @@ def data_facts(ingest: IngestOutputs, preprocess: PreprocessOutputs, split: Stud
     facts: dict[str, int | str] = {
         "data_train_studies": len(split.train_study_ids),
         "data_val_studies": len(split.val_study_ids),
-        VAL_FINGERPRINT_PARAM: split.val_fingerprint(),
+        VAL_FINGERPRINT: split.val_fingerprint(),
         "data_train_rows": int(table["study_id"].isin(split.train_study_ids).sum()),
         "data_val_rows": int(table["study_id"].isin(split.val_study_ids).sum()),
         "data_rows_skipped_at_ingest": sum(ingest.skipped.values()),

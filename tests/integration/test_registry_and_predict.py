@@ -91,6 +91,20 @@ def test_champion_is_the_better_run_and_a_worse_run_does_not_take_it(runs, mlflo
     assert sorted(v.run_id for v in versions) == sorted(ids.values())  # one version per run, no duplicates
 
 
+def test_comparison_is_published_as_prefect_artifacts(runs):
+    from prefect.client.orchestration import get_client
+
+    results, _ = runs
+    with get_client(sync_client=True) as client:
+        by_key = {artifact.key: artifact for artifact in client.read_latest_artifacts()}
+    ranking = by_key["spine-model-ranking"]
+    assert ranking.type == "table"
+    rows = json.loads(ranking.data) if isinstance(ranking.data, str) else ranking.data
+    assert [row["rank"] for row in rows] == [1, 2, 3]
+    assert {"run_id", "name", "settings", "score", "prior", "accuracy", "F1 Sev", "date"} <= set(rows[0])
+    assert "best first" in by_key["spine-model-comparison"].data
+
+
 def test_compare_command_ranks_the_runs(runs, mlflow_server):
     results, _ = runs
     output = CliRunner().invoke(
