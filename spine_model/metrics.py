@@ -192,17 +192,6 @@ def prior_submission(prior: np.ndarray, study_ids: Iterable[int]) -> pd.DataFram
     return submission_from_probabilities({int(s): per_study for s in study_ids})
 
 
-__all__ = [
-    "ScoringError",
-    "class_prior",
-    "competition_score",
-    "prior_submission",
-    "solution_from_labels",
-    "submission_from_probabilities",
-    "weighted_log_loss",
-]
-
-
 def score_against_prior(solution: pd.DataFrame, submission: pd.DataFrame, prior: np.ndarray) -> dict[str, float]:
     """The submission's competition score beside the prior baseline's, on the solution's studies."""
     study_ids = sorted({int(r.split("_", 1)[0]) for r in solution["row_id"]})

@@ -89,6 +89,7 @@ def preprocess_step(
 ) -> PreprocessOutputs:
     """Images of the table's instances into the PNG store; rows of unreadable images dropped and counted."""
     table = pd.read_parquet(table_path)
+    rows_before = len(table)
     keys = table[INSTANCE_COLUMNS].itertuples(index=False, name=None)
     report = preprocess_instances(keys, data_dir, store_root, image_size, workers=workers, progress=progress)
     if report.failed:
@@ -101,7 +102,7 @@ def preprocess_step(
     return PreprocessOutputs(
         str(store_root), str(out_table_path), report.written, report.already_done,
         {"/".join(map(str, key)): reason for key, reason in report.failed.items()},
-        len(pd.read_parquet(table_path, columns=["study_id"])) - len(table),
+        rows_before - len(table),
     )  # fmt: skip
 
 
