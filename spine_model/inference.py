@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
-import torch
+from torch.utils.data import DataLoader
 
-from spine_model.constants import CONDITION_SERIES, CONDITIONS, LEVELS, SEVERITY_COLUMNS, images_dir
+from spine_model.constants import CONDITION_SERIES, CONDITIONS, LEVELS, images_dir
 from spine_model.dataset import image_tensor, normalised_point
 from spine_model.dicom import DicomReadError, read_pixels, slice_position, to_uint8
-from spine_model.evaluate import softmax, study_probabilities
+from spine_model.evaluate import predict_logits, softmax, study_probabilities
 from spine_model.ingest import load_coordinates, load_series_descriptions
-from spine_model.metrics import prior_submission, submission_from_probabilities
+from spine_model.metrics import submission_from_probabilities
 from spine_model.model import SpineNet
 from spine_model.parallel import parallel_map
 from spine_model.train import load_checkpoint, resolve_device
@@ -225,7 +225,9 @@ class Predictor:
 
     def model_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The rows the model sees: given points as they are, prior points for series without any."""
-        frame = _validate_frame(frame)
+        return self._model_rows(_validate_frame(frame))
+
+    def _model_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
         given = frame[frame["x"].notna() & frame["y"].notna()]
         bare = frame[~frame.set_index(SERIES_KEY).index.isin(given.set_index(SERIES_KEY).index)]
         rows = [given[["study_id", "series_id", "instance_number", "image_path", "x", "y"]].assign(from_prior=False)]
@@ -254,11 +256,10 @@ class Predictor:
         columns = ["study_id", "series_id", "instance_number", "image_path", "x", "y"]
         return pd.DataFrame(chosen, columns=columns).drop_duplicates().assign(from_prior=True)
 
-    @torch.no_grad()
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
         """Kaggle submission rows (row_id, normal_mild, moderate, severe): 25 per study of `frame`."""
-        study_ids = sorted(_validate_frame(frame)["study_id"].unique())
-        rows = self.model_rows(frame)
+        frame = _validate_frame(frame)
+        rows = self._model_rows(frame)
         inputs, kept = [], []
         cache: dict[str, np.ndarray | None] = {}
         for index, row in enumerate(rows.itertuples(index=False)):
@@ -274,26 +275,15 @@ class Predictor:
             height, width = pixels.shape
             inputs.append((image_tensor(pixels, self.image_size), normalised_point((row.x, row.y), width, height)))
             kept.append(index)
-        probabilities = self._forward(inputs)
-        per_study = study_probabilities(rows["study_id"].to_numpy()[kept], probabilities) if kept else {}
-        missing = [s for s in study_ids if int(s) not in per_study]
-        for study_id in missing:
-            log.warning("study %s: no readable image for any condition; predicting the class prior", study_id)
-        parts = [submission_from_probabilities({s: per_study[int(s)] for s in study_ids if int(s) in per_study})]
-        if missing:
-            parts.append(prior_submission(self.class_prior, missing))
-        submission = pd.concat(parts, ignore_index=True)
-        order = {s: i for i, s in enumerate(study_ids)}
-        submission["_order"] = submission["row_id"].str.split("_", n=1).str[0].astype(np.int64).map(order)
-        submission = submission.sort_values("_order", kind="stable").drop(columns="_order").reset_index(drop=True)
-        return submission[["row_id", *SEVERITY_COLUMNS]]
-
-    def _forward(self, inputs: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
-        device = resolve_device(self.device)
-        self.model.to(device).eval()
-        outputs = []
-        for start in range(0, len(inputs), self.batch_size):
-            images, coords = zip(*inputs[start : start + self.batch_size], strict=True)
-            logits = self.model(torch.stack(images).to(device), torch.stack(coords).to(device))
-            outputs.append(softmax(logits.float().cpu().numpy()))
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(CONDITIONS), len(LEVELS), 3))
+        per_study = {}
+        if inputs:
+            loader = DataLoader(inputs, batch_size=self.batch_size)
+            logits = predict_logits(self.model, loader, resolve_device(self.device), progress=False)
+            per_study = study_probabilities(rows["study_id"].to_numpy()[kept], softmax(logits))
+        prior = np.repeat(self.class_prior[:, None, :], len(LEVELS), axis=1)
+        by_study = {}
+        for study_id in sorted(frame["study_id"].unique()):
+            if int(study_id) not in per_study:
+                log.warning("study %s: no readable image for any condition; predicting the class prior", study_id)
+            by_study[int(study_id)] = per_study.get(int(study_id), prior)
+        return submission_from_probabilities(by_study)

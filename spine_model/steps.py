@@ -19,12 +19,13 @@ import pandas as pd
 
 from spine_model import tracking
 from spine_model.compare import VAL_FINGERPRINT
+from spine_model.constants import SOLUTION_CSV
 from spine_model.dataset import SpineDataset
 from spine_model.evaluate import Evaluation, evaluate_model, label_counts
 from spine_model.image_store import PngImageStore
 from spine_model.inference import CoordinatePrior, index_slices, list_series_files, save_priors
 from spine_model.ingest import build_long_table, write_table
-from spine_model.metrics import class_prior
+from spine_model.metrics import class_prior, score_against_prior
 from spine_model.plots import plot_confusion_matrix, plot_training_curves
 from spine_model.preprocess import dicom_path, preprocess_instances
 from spine_model.split import StudySplit, split_by_study
@@ -245,3 +246,12 @@ def read_model_uris(run_dir: str | Path) -> dict[str, str]:
 def read_metrics(run_dir: str | Path) -> dict[str, float]:
     """The flat metrics an evaluation wrote (see Evaluation.metrics)."""
     return json.loads((Path(run_dir) / "evaluation" / "metrics.json").read_text())
+
+
+def score_step(data_dir: str | Path, submission_path: str | Path, class_prior) -> dict[str, float] | None:
+    """A submission's score beside the prior's, against `{data_dir}/test_solution.csv` if there is one."""
+    solution_path = Path(data_dir) / SOLUTION_CSV
+    if not solution_path.is_file():
+        return None
+    submission = pd.read_csv(submission_path)
+    return score_against_prior(pd.read_csv(solution_path), submission, np.asarray(class_prior, dtype=np.float64))

@@ -7,10 +7,9 @@ from pathlib import Path
 import pandas as pd
 from prefect import get_run_logger, task
 
-from spine_model.constants import SOLUTION_CSV
 from spine_model.inference import inference_frame
 from spine_model.ingest import write_table
-from spine_model.metrics import score_against_prior
+from spine_model.steps import score_step
 from spine_model.tracking.pyfunc import predict_with_model
 
 
@@ -33,9 +32,4 @@ def predict_task(model_uri: str, frame_path: str, out_path: str, tracking_uri: s
 @task(name="score-submission")
 def score_task(data_dir: str, submission_path: str, class_prior: list) -> dict[str, float] | None:
     """Score against `test_solution.csv` when the data folder has one (synthetic data does)."""
-    solution_path = Path(data_dir) / SOLUTION_CSV
-    if not solution_path.is_file():
-        return None
-    import numpy as np
-
-    return score_against_prior(pd.read_csv(solution_path), pd.read_csv(submission_path), np.asarray(class_prior))
+    return score_step(data_dir, submission_path, class_prior)
