@@ -1,4 +1,4 @@
-"""The `spine` command line: synthetic data, ingestion, preprocessing, training and evaluation.
+"""The `spine` command line: synthetic data, ingestion, the volume store, training, evaluation, prediction.
 
 Heavy imports (torch, Prefect, MLflow) happen inside the commands, so `--help` stays fast.
 """
@@ -17,8 +17,9 @@ import flows  # noqa: F401  (sets the offline defaults before Prefect or MLflow 
 from flows.config import PipelineConfig
 
 app = typer.Typer(
-    help="RSNA 2024 lumbar spine degeneration pipeline: Kaggle data in, SpineNet trained, "
-    "evaluated with the competition metric, tracked in MLflow, orchestrated by Prefect.",
+    help="RSNA 2024 lumbar spine degeneration pipeline: Kaggle data in, a model family (seed SpineNet "
+    "or crops of adjacent slices) trained, evaluated with the competition metric, tracked in MLflow, "
+    "orchestrated by Prefect.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -59,37 +60,44 @@ def ingest(
     workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
 ) -> None:
     """Build the long table (one row per coordinate row, with the study's 25 labels) as parquet."""
+    from spine_model.catalog import Workspace
     from spine_model.ingest import DataError, build_long_table, write_table
-    from spine_model.workspace import Workspace
 
     try:
         result = build_long_table(data_dir)
     except DataError as error:
         raise _fail(str(error)) from None
-    path = write_table(result.table, out or Workspace(workdir).long_table_path(data_dir))
+    path = write_table(result.table, out or Workspace(workdir).dataset(data_dir).long_table)
     console.print(f"{result.describe()}\nwrote {path}")
 
 
 @app.command()
 def preprocess(
     data_dir: Annotated[Path, typer.Argument(help="Kaggle-layout data folder")],
-    image_size: Annotated[int, typer.Option(min=16, help="square PNG size")] = 224,
+    split: Annotated[
+        str, typer.Option(help="'train' (the series with coordinate rows) or 'test' (all listed)")
+    ] = "train",
+    store_size: Annotated[int, typer.Option(min=16, help="in-plane size of the stored slices in pixels")] = 256,
     workers: Annotated[int | None, typer.Option(min=1, help="processes (default: all cores)")] = None,
     workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
 ) -> None:
-    """Convert the labelled instances' DICOM files to 8-bit PNGs once (reruns skip what is done)."""
+    """Decode every series the split needs into a volume store once (reruns redo only what changed).
+
+    One slice-ordered uint8 array per series (memory-mapped in training) and a parquet index, under
+    WORKDIR/cache/; training, evaluation and prediction all read it.
+    """
+    from spine_model.catalog import Workspace
     from spine_model.ingest import DataError, build_long_table
-    from spine_model.preprocess import preprocess_instances
-    from spine_model.workspace import Workspace
+    from spine_model.steps import series_to_store, store_step
 
     try:
-        table = build_long_table(data_dir).table
+        table = build_long_table(data_dir).table if split == "train" else None
+        series = series_to_store(data_dir, split, table)
     except DataError as error:
         raise _fail(str(error)) from None
-    keys = table[["study_id", "series_id", "instance_number"]].itertuples(index=False, name=None)
-    store_root = Workspace(workdir).image_store_root(data_dir, image_size)
-    report = preprocess_instances(keys, data_dir, store_root, image_size, workers=workers)
-    console.print(f"{report.describe()}\nimages in {store_root}")
+    store_root = Workspace(workdir).dataset(data_dir).volume_store(split, store_size)
+    report = store_step(data_dir, split, series, store_root, store_size, workers)
+    console.print(f"{report.describe()}\nvolume store in {store_root}")
 
 
 def _with_model_options(model: type, positional: str):
@@ -115,24 +123,31 @@ def _with_model_options(model: type, positional: str):
 
 
 def _train_command(**options) -> None:
-    """Train SpineNet with the Prefect flow `train-pipeline`; every setting is an option.
+    """Train a model family with the Prefect flow `train-pipeline`; every setting is an option.
 
-    Defaults are the seed notebook's settings for real data on a GPU; add e.g.
-    `--image-size 64 --epochs 3 --no-pretrained` for a quick CPU run on synthetic data.
+    Defaults are the seed notebook's settings (family `seed`) for real data on a GPU. The
+    recommended family is `--model-family crops`; add e.g. `--store-size 96 --crop-size 32
+    --epochs 4 --no-pretrained` for a quick CPU run on synthetic data.
     """
+    from pydantic import ValidationError
+
     from flows.train import train_pipeline
+    from spine_model.catalog import RunFolder
+    from spine_model.families.backbones import PretrainedWeightsUnavailable
     from spine_model.ingest import DataError
-    from spine_model.model import PretrainedWeightsUnavailable
 
     options["data_dir"] = str(options["data_dir"])
-    config = PipelineConfig(**options)
+    try:
+        config = PipelineConfig(**options)
+    except ValidationError as error:
+        raise _fail("; ".join(e["msg"] for e in error.errors())) from None
     try:
         result = train_pipeline(config)
     except (DataError, PretrainedWeightsUnavailable, FileNotFoundError) as error:
         raise _fail(str(error)) from None
     run_dir = Path(str(result["run_dir"]))
     console.print()
-    typer.echo((run_dir / "evaluation" / "summary.txt").read_text())
+    typer.echo(RunFolder(run_dir).evaluation_files()["summary"].read_text())
     _print_where_to_look(run_dir, str(result["mlflow_run_id"]), config.tracking_uri)
 
 
@@ -158,13 +173,17 @@ app.command(name="train")(_with_model_options(PipelineConfig, "data_dir")(_train
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run folder written by `spine train`")],
-    checkpoint: Annotated[str, typer.Option(help="checkpoint file in run_dir/checkpoints")] = "best.pt",
+    checkpoint: Annotated[
+        str, typer.Option(help="'best' (lowest validation loss) or 'last' (latest epoch) checkpoint")
+    ] = "best",
 ) -> None:
     """Evaluate a run's checkpoint on its validation split and print the report."""
-    from spine_model.steps import evaluate_step
+    from spine_model.steps import RunInputs, evaluate_step
 
+    if checkpoint not in ("best", "last"):
+        raise _fail(f"--checkpoint must be 'best' or 'last', not {checkpoint!r}")
     try:
-        evaluation, paths = evaluate_step(run_dir, checkpoint)
+        evaluation, paths = evaluate_step(RunInputs.load(run_dir), checkpoint)
     except FileNotFoundError as error:
         raise _fail(str(error)) from None
     typer.echo(evaluation.describe())
@@ -215,16 +234,20 @@ def predict(
     ] = False,
     tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_URI_HELP)] = None,
     workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
+    workers: Annotated[int | None, typer.Option(min=1, help="decoding processes (default: all cores)")] = None,
 ) -> None:
     """Predict every study of a split into a Kaggle submission (25 rows per study).
 
-    Scores it beside the prior baseline when the data folder has test_solution.csv.
+    The split's series are decoded once into a volume store under WORKDIR. Scores the submission
+    beside the prior baseline when the data folder has test_solution.csv.
     """
     from flows.predict import predict as predict_flow
     from spine_model.ingest import DataError
 
     try:
-        result = predict_flow(str(data_dir), model, split, str(out), use_coordinates, tracking_uri, str(workdir))
+        result = predict_flow(
+            str(data_dir), model, split, str(out), use_coordinates, tracking_uri, str(workdir), workers
+        )
     except (DataError, FileNotFoundError) as error:
         raise _fail(str(error)) from None
     console.print(f"wrote {result['rows']} rows ({result['rows'] // 25} studies) to {result['submission']}")

@@ -30,7 +30,9 @@ class PipelineConfig(TrainConfig):
     dispatch_timeout_s: float = Field(6 * 3600, gt=0, description="how long to wait for the GPU flow run")
     compare_after: bool = Field(True, description="rank the experiment's runs and update the registry afterwards")
     model_name: str = Field("spine-net", description="registered model name for the champion/challenger aliases")
-    preprocess_workers: int | None = Field(None, ge=1, description="preprocessing processes (default: all cores)")
+    preprocess_workers: int | None = Field(
+        None, ge=1, description="processes that build the volume store (default: all cores)"
+    )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))

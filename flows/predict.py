@@ -7,8 +7,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from spine_model import tracking
-from spine_model.workspace import Workspace
-from tasks.predict import inference_frame_task, predict_task, score_task
+from spine_model.catalog import Workspace
+from tasks.data import volume_store
+from tasks.predict import inference_frame_task, predict_task, score_task, store_size_task
 
 CHAMPION_URI = "models:/spine-net@champion"
 
@@ -22,18 +23,22 @@ def predict(
     use_coordinates: bool = False,
     tracking_uri: str | None = None,
     workdir: str = "spine_outputs",
+    workers: int | None = None,
 ) -> dict:
     """Predict every study of `{split}_series_descriptions.csv`; 25 normalised rows per study.
 
-    Without coordinates (the Kaggle test set has none) the model's coordinate prior picks slice
-    and point; `use_coordinates` uses train_label_coordinates.csv where it has rows. When the data
-    folder has test_solution.csv (synthetic data does), the test split's submission is scored
-    beside the prior baseline.
+    The split's series are decoded once into a volume store of the model's size (under workdir,
+    resumable), which the model then reads. Without coordinates (the Kaggle test set has none) the
+    model's coordinate prior picks slice and point; `use_coordinates` uses
+    train_label_coordinates.csv where it has rows. When the data folder has test_solution.csv
+    (synthetic data does), the test split's submission is scored beside the prior baseline.
     """
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    frame_path = Workspace(workdir).dataset_dir(data_dir) / f"{split}_inference_frame.parquet"
-    frame = inference_frame_task(data_dir, split, use_coordinates, str(frame_path))
-    result = predict_task(model_uri, frame, str(Path(out).resolve()), uri)
+    frame = inference_frame_task(data_dir, split, use_coordinates)
+    size = store_size_task(model_uri, uri)
+    store_root = Workspace(workdir).dataset(data_dir).volume_store(split, size)
+    store = volume_store(data_dir, split, str(store_root), size, workers)
+    result = predict_task(model_uri, frame, store.root, str(Path(out).resolve()), uri)
     scores = score_task(data_dir, result["submission"], result["class_prior"]) if split == "test" else None
     if scores:
         get_run_logger().info("competition score %.4f, prior baseline %.4f", scores["score"], scores["prior_score"])

@@ -1,9 +1,9 @@
-"""`train_pipeline` (ingest -> split -> preprocess -> train -> evaluate -> log) and `train_on_gpu`.
+"""`train_pipeline` (ingest -> volume store -> prepare run -> train -> evaluate -> log) and `train_on_gpu`.
 
 Training and evaluation live in `train_on_gpu`, which runs in-process (dispatch="local") or on a
 GPU work pool's worker through the `spine-train-gpu` deployment (dispatch="work-pool"). Parent and
-child exchange paths (the run folder, which both must see) and the MLflow run id, never
-in-memory results.
+child exchange paths (the run folder and the volume store, which both must see) and the MLflow run
+id; within each process, tasks hand each other objects.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from prefect.settings import PREFECT_API_URL
 from flows.compare import compare_models
 from flows.config import PipelineConfig, TrainRequest
 from spine_model import tracking
-from spine_model.steps import data_facts, read_metrics, read_model_uris
-from spine_model.workspace import RunRecord, Workspace
-from tasks.data import index_slices, ingest, preprocess_task, split
+from spine_model.catalog import Workspace
+from spine_model.steps import read_metrics, read_model_uris
+from tasks.data import ingest, prepare_run_task, read_tables_task, volume_store
 from tasks.reporting import publish_summary_task
 from tasks.tracking import end_run_task, log_params_task, log_results_task, set_tags_task, start_run_task
-from tasks.training import evaluate_task, priors_task, train_task
+from tasks.training import evaluate_task, load_run_task, train_task
 
 
 @flow(name="train-on-gpu", log_prints=True)
@@ -36,9 +36,10 @@ def train_on_gpu(request: TrainRequest) -> dict[str, float]:
         {"prefect.train_flow_run_id": flow_run.id, "prefect.train_deployment": deployment.name or "in-process"},
         request.tracking_uri,
     )
-    train_task(request.run_dir, request.mlflow_run_id, request.tracking_uri)
-    metrics = evaluate_task(request.run_dir)
-    log_results_task(request.mlflow_run_id, request.run_dir, request.tracking_uri)
+    run = load_run_task(request.run_dir)
+    train_task(run, request.mlflow_run_id, request.tracking_uri)
+    metrics = evaluate_task(run)
+    log_results_task(request.mlflow_run_id, run, request.tracking_uri)
     return metrics
 
 
@@ -76,11 +77,12 @@ def _run_name(config: PipelineConfig) -> str:
 
 @flow(name="train-pipeline", log_prints=True)
 def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float | str]:
-    """Ingest the Kaggle data, split by study, preprocess, train SpineNet, evaluate, log to MLflow."""
+    """Ingest the Kaggle data, build the volume store, split by study, train the model family, evaluate, log."""
     logger = get_run_logger()
     workspace = Workspace(config.workdir)
+    cache = workspace.dataset(config.data_dir)
     run_name = _run_name(config)
-    run_dir = workspace.run_dir(run_name)
+    run_dir = workspace.run(run_name).root
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     prefect_tags = {
         "prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name,
@@ -88,23 +90,15 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float
     }  # fmt: skip
     run_id = start_run_task(config.experiment, run_name, prefect_tags, tracking_uri)
     try:
-        ingested = ingest(config.data_dir, str(workspace.dataset_dir(config.data_dir)))
+        ingested = ingest(config.data_dir, str(cache.root))
         logger.info("ingest: %s", ingested.summary)
-        study_split = split(ingested.table_path, config.val_fraction, config.split_seed, str(run_dir / "split.json"))
-        prepared = preprocess_task(
-            config.data_dir, ingested.table_path, str(workspace.image_store_root(config.data_dir, config.image_size)),
-            config.image_size, str(run_dir / "train_ready.parquet"), config.preprocess_workers,
+        tables = read_tables_task(ingested)
+        store = volume_store(
+            config.data_dir, "train", str(cache.volume_store("train", config.store_size)), config.store_size,
+            config.preprocess_workers, table=tables[0],
         )  # fmt: skip
-        slices_path = index_slices(
-            config.data_dir, ingested.table_path, str(workspace.dataset_dir(config.data_dir) / "train_slices.parquet"),
-            config.preprocess_workers,
-        )  # fmt: skip
-        RunRecord(
-            str(Path(config.data_dir).resolve()), prepared.table_path, ingested.labels_path, prepared.store_root,
-            slices_path, config.train_config(), study_split,
-        ).save(run_dir)  # fmt: skip
-        priors_task(str(run_dir))
-        log_params_task(run_id, {**config.model_dump(), **data_facts(ingested, prepared, study_split)}, tracking_uri)
+        prepared = prepare_run_task(config.data_dir, ingested, tables, store, config.train_config(), str(run_dir))
+        log_params_task(run_id, {**config.model_dump(), **prepared.facts}, tracking_uri)
 
         request = TrainRequest(run_dir=str(run_dir), mlflow_run_id=run_id, tracking_uri=tracking_uri)
         if config.dispatch == "local":

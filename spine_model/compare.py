@@ -8,18 +8,38 @@ from dataclasses import dataclass
 import pandas as pd
 
 SCORE = "val_competition_score"
-SETTINGS = ("backbone", "image_size", "pretrained", "epochs", "lr", "batch_size", "augment")
+MODEL_SUMMARY = "model_summary"  # a run param: the family's few words on its model
+SETTINGS = (
+    "model_family",
+    MODEL_SUMMARY,
+    "backbone",
+    "image_size",
+    "pretrained",
+    "epochs",
+    "lr",
+    "batch_size",
+    "augment",
+)
 METRICS = (SCORE, "val_prior_score", "final_val_accuracy", "val_normal_mild_f1", "val_moderate_f1", "val_severe_f1")
 VAL_FINGERPRINT = "data_val_studies_sha"
 
 
 def rank_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Runs with a score and a serving model, best (lowest score) first; ties: newest first."""
+    """Runs with a score, best (lowest score) first; ties: newest first.
+
+    Runs without a serving model (e.g. a logged baseline) are ranked for comparison; only runs
+    with one can become champion (see `servable`).
+    """
     if runs.empty:
         return runs
-    usable = runs[runs[SCORE].notna() & runs["serving_model_uri"].notna()]
+    usable = runs[runs[SCORE].notna()]
     ranked = usable.sort_values([SCORE, "start_time"], ascending=[True, False], kind="stable")
     return ranked.reset_index(drop=True).assign(rank=lambda frame: range(1, len(frame) + 1))
+
+
+def servable(ranked: pd.DataFrame) -> pd.DataFrame:
+    """The ranked runs that logged a serving model, in rank order."""
+    return ranked[ranked["serving_model_uri"].notna()]
 
 
 def comparison_table(ranked: pd.DataFrame) -> pd.DataFrame:
@@ -34,10 +54,12 @@ def comparison_table(ranked: pd.DataFrame) -> pd.DataFrame:
                 "settings": _settings(run),
                 "score": round(getattr(run, SCORE), 4),
                 "prior": _round(run.val_prior_score),
+                "gain": _gain(getattr(run, SCORE), run.val_prior_score),
                 "accuracy": _round(run.final_val_accuracy),
                 "F1 N/M": _round(run.val_normal_mild_f1, 2),
                 "F1 Mod": _round(run.val_moderate_f1, 2),
                 "F1 Sev": _round(run.val_severe_f1, 2),
+                "minutes": _minutes(run.start_time, getattr(run, "end_time", None)),
                 "date": pd.Timestamp(run.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
             }
         )
@@ -45,16 +67,35 @@ def comparison_table(ranked: pd.DataFrame) -> pd.DataFrame:
 
 
 def _settings(run) -> str:
-    """Model settings in a few words, e.g. 'resnet18 224px 10ep lr=0.01 pretrained'."""
-    params = {key: getattr(run, key, None) for key in SETTINGS}
-    p = params
-    text = f"{p['backbone']} {p['image_size']}px {p['epochs']}ep lr={p['lr']} bs={p['batch_size']}"
-    flags = [name for name in ("pretrained", "augment") if str(params[name]) == "True"]
-    return " ".join([text, *flags])
+    """Model and training settings in a few words, e.g. 'crops resnet18 5x128px channels ... 10ep lr=0.001'."""
+    p = {key: _value(getattr(run, key, None)) for key in SETTINGS}
+    model = p[MODEL_SUMMARY] or f"{p['backbone']} {p['image_size']}px"
+    if p["epochs"] is None:  # a logged baseline, not a trained model
+        return model
+    flags = [name for name in ("pretrained", "augment") if str(p[name]) == "True"]
+    return " ".join([model, f"{p['epochs']}ep lr={p['lr']} bs={p['batch_size']}", *flags])
+
+
+def _value(value):
+    """None for what a table holds as missing (None or NaN), else the value."""
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _gain(score, prior) -> str | None:
+    """How far below the prior baseline a score is, in percent of the prior's score."""
+    if _value(prior) is None or float(prior) == 0:
+        return None
+    return f"{100 * (float(prior) - float(score)) / float(prior):+.1f}%"
+
+
+def _minutes(start_time, end_time) -> float | None:
+    if _value(end_time) is None:
+        return None
+    return round((float(end_time) - float(start_time)) / 60000, 1)
 
 
 def _round(value, digits: int = 4):
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else round(float(value), digits)
+    return None if _value(value) is None else round(float(value), digits)
 
 
 @dataclass

@@ -4,24 +4,50 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Backbone = Literal["resnet18", "resnet34", "resnet50"]
+from spine_model.families import FamilyName
 
 
 class TrainConfig(BaseModel):
-    """Model, optimisation and data-loading settings of one training run.
+    """Model family, model, optimisation and data-loading settings of one training run.
 
-    Defaults reproduce the seed notebook (resnet18 SpineNet at 224 px, Adam lr 0.01, batch 64,
-    10 epochs, ReduceLROnPlateau(patience 2, factor 0.1), clipping at 1.0, class weights 1/2/4,
-    a 90/10 study split with random_state 42), meant for real data on a GPU.
+    Defaults reproduce the seed notebook (family `seed`: resnet18 SpineNet at 224 px, Adam lr 0.01,
+    batch 64, 10 epochs, ReduceLROnPlateau(patience 2, factor 0.1), clipping at 1.0, class weights
+    1/2/4, a 90/10 study split with random_state 42), meant for real data on a GPU. Fields named
+    `crop_*` belong to the `crops` family; each family checks the settings it uses.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backbone: Backbone = Field("resnet18", description="torchvision ResNet trunk of SpineNet")
-    pretrained: bool = Field(True, description="start the trunk from ImageNet weights")
-    image_size: int = Field(224, ge=32, le=1024, description="square input size in pixels")
+    model_family: FamilyName = Field(
+        "seed",
+        description="'seed': the notebook's SpineNet, one slice + point -> all 25 cells; "
+        "'crops': k adjacent slices around each point -> that point's cell (recommended)",
+    )
+    backbone: str = Field(
+        "resnet18",
+        description="torchvision model name: seed takes a ResNet (resnet18/34/50); crops any torchvision "
+        "classification model (e.g. resnet18, efficientnet_b0, convnext_tiny)",
+    )
+    pretrained: bool = Field(True, description="start the backbone from ImageNet weights")
+    store_size: int = Field(256, ge=16, le=1024, description="in-plane size of the volume store in pixels")
+    image_size: int = Field(224, ge=32, le=1024, description="seed: input slice size in pixels")
+    crop_slices: int = Field(5, ge=1, le=31, description="crops: adjacent slices per crop, the point's in the middle")
+    crop_size: int = Field(128, ge=16, le=512, description="crops: crop side in pixels after resizing")
+    crop_fraction: float = Field(0.2, gt=0, le=1, description="crops: crop side as a share of the image side")
+    crop_mm: float = Field(
+        0.0, ge=0, description="crops: crop side in millimetres via PixelSpacing (0: use crop_fraction)"
+    )
+    crop_pooling: Literal["attention", "channels"] = Field(
+        "attention",
+        description="crops: each slice encoded alone and the slices pooled by attention (better on "
+        "benchmarks/QUALITY.md), or the slices as input channels of one 2-D backbone (faster)",
+    )
+    crop_jitter: float = Field(
+        0.1, ge=0, le=0.5, description="crops: random shift of the point in training, share of the crop side"
+    )
+    crop_jitter_slices: int = Field(1, ge=0, le=5, description="crops: random shift of the centre slice in training")
     batch_size: int = Field(64, ge=1, description="training and evaluation batch size")
     epochs: int = Field(10, ge=1, description="training epochs")
     lr: float = Field(0.01, gt=0, description="Adam learning rate")
@@ -29,7 +55,9 @@ class TrainConfig(BaseModel):
     class_weights: tuple[float, float, float] = Field(
         (1.0, 2.0, 4.0), description="cross-entropy weights for Normal/Mild, Moderate, Severe"
     )
-    augment: bool = Field(False, description="random shift/contrast/noise on training images")
+    augment: bool = Field(
+        False, description="random augmentation in training: intensity (both families) and shift (seed)"
+    )
     lr_patience: int = Field(2, ge=0, description="ReduceLROnPlateau patience (epochs)")
     lr_factor: float = Field(0.1, gt=0, lt=1, description="ReduceLROnPlateau factor")
     grad_clip: float = Field(1.0, ge=0, description="gradient norm clipping; 0 disables")
@@ -40,3 +68,10 @@ class TrainConfig(BaseModel):
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'")
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     restore_best: bool = Field(True, description="evaluate the lowest-val-loss epoch's weights")
+
+    @model_validator(mode="after")
+    def _family_accepts_settings(self) -> TrainConfig:
+        from spine_model.families import get_family
+
+        get_family(self.model_family).check(self)
+        return self

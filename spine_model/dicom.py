@@ -1,7 +1,9 @@
-"""Reading DICOM files: pixels to 8-bit images, and slice order from ImagePositionPatient."""
+"""Reading DICOM files: one frame's pixels and geometry, 8-bit windowing, slice position."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +14,20 @@ class DicomReadError(ValueError):
     """A DICOM file whose pixels cannot be read; the message names the file and the reason."""
 
 
-def read_pixels(path: str | Path) -> np.ndarray:
-    """Pixel values of a single-frame DICOM file in modality units (RescaleSlope/Intercept applied).
+@dataclass(frozen=True)
+class Frame:
+    """One decoded slice: pixels in modality units and where the slice lies."""
 
-    MONOCHROME1 images are inverted so that bright always means high signal.
+    pixels: np.ndarray  # float32 (rows, columns)
+    position: float  # along the series' slice normal, from ImagePositionPatient
+    spacing_row: float  # mm between rows (PixelSpacing[0]); nan when absent
+    spacing_col: float  # mm between columns (PixelSpacing[1]); nan when absent
+
+
+def read_frame(path: str | Path) -> Frame:
+    """Pixels (RescaleSlope/Intercept applied, MONOCHROME1 inverted) and geometry of one file.
+
+    Any problem becomes a DicomReadError that names the file and the reason.
     """
     try:
         ds = pydicom.dcmread(path)
@@ -35,30 +47,46 @@ def read_pixels(path: str | Path) -> np.ndarray:
     pixels = pixels * slope + intercept
     if getattr(ds, "PhotometricInterpretation", "MONOCHROME2") == "MONOCHROME1":
         pixels = pixels.max() - pixels + pixels.min()
-    return pixels
+    spacing = getattr(ds, "PixelSpacing", None)
+    spacing_row, spacing_col = (float(v) for v in spacing) if spacing and len(spacing) == 2 else (math.nan, math.nan)
+    return Frame(pixels, slice_position(ds, path), spacing_row, spacing_col)
 
 
 def to_uint8(pixels: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:
     """Window robustly between two percentiles and scale to 0..255."""
+    low, high = window(pixels, low_percentile, high_percentile)
+    return apply_window(pixels, low, high)
+
+
+def window(pixels: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> tuple[float, float]:
+    """The intensity range between two percentiles: what becomes 0 and 255."""
     low, high = np.percentile(pixels, [low_percentile, high_percentile])
-    if high <= low:  # a flat image
+    return float(low), float(high)
+
+
+def apply_window(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Clip to [low, high] and scale to uint8; a flat window gives zeros."""
+    if high <= low:
         return np.zeros(pixels.shape, dtype=np.uint8)
     scaled = (np.clip(pixels, low, high) - low) / (high - low)
     return np.round(scaled * 255).astype(np.uint8)
 
 
-def slice_position(path_or_dataset: str | Path | pydicom.Dataset) -> float:
+def slice_position(path_or_dataset: str | Path | pydicom.Dataset, name: str | Path | None = None) -> float:
     """A slice's position along its series' normal (from ImagePositionPatient and orientation).
 
     Sorting a series by this gives its anatomical slice order, which instance numbers need not.
     """
     ds = path_or_dataset
     if not isinstance(ds, pydicom.Dataset):
+        name = name or ds
         ds = pydicom.dcmread(ds, stop_before_pixels=True)
     try:
         position = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
         orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
     except AttributeError as error:
-        raise DicomReadError(f"{ds.filename}: lacks ImagePositionPatient/ImageOrientationPatient") from error
+        raise DicomReadError(f"{name or ds.filename}: lacks ImagePositionPatient/ImageOrientationPatient") from error
+    if position.shape != (3,) or orientation.shape != (6,):
+        raise DicomReadError(f"{name or ds.filename}: malformed ImagePositionPatient/ImageOrientationPatient")
     normal = np.cross(orientation[:3], orientation[3:])
     return float(position @ normal)

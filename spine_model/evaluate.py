@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 from sklearn.metrics import classification_report, confusion_matrix
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -22,9 +23,10 @@ from spine_model.constants import (
     MISSING_LABEL,
     SEVERITIES,
     SEVERITY_COLUMNS,
+    SEVERITY_WEIGHTS,
 )
-from spine_model.dataset import SpineDataset
-from spine_model.image_store import ImageStore
+from spine_model.families import get_family
+from spine_model.families.base import log_softmax
 from spine_model.metrics import (
     class_prior,
     competition_score,
@@ -33,40 +35,28 @@ from spine_model.metrics import (
     submission_from_probabilities,
     weighted_log_loss,
 )
-from spine_model.model import OUTPUT_SHAPE, SpineNet
 from spine_model.split import StudySplit
-from spine_model.train import make_loader, resolve_device
+from spine_model.train import make_loader, resolve_device, to_device
+from spine_model.volumes import VolumeReader
 
 CLASS_LABELS = list(range(len(SEVERITIES)))
+SAVED = ("summary", "summary_markdown", "metrics", "reports_json", "reports_text", "submission")
 
 
 @torch.no_grad()
-def predict_logits(
-    model: SpineNet, loader: DataLoader, device: torch.device, amp: bool = True, progress: bool = True
-) -> np.ndarray:
-    """Logits (N, 5, 5, 3) for every row of `loader`, in order."""
+def predict_outputs(
+    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True, progress: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's outputs for every item of `loader`, in order, and the items' targets."""
     model.to(device).eval()
-    outputs = []
-    for image, coords, *_ in tqdm(loader, desc="predict", leave=False, disable=not progress):
+    outputs, targets = [], []
+    for inputs, batch_targets in tqdm(loader, desc="predict", leave=False, disable=not progress):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            logits = model(image.to(device), coords.to(device))
-        outputs.append(logits.float().cpu().numpy())
-    return np.concatenate(outputs) if outputs else np.zeros((0, *OUTPUT_SHAPE), dtype=np.float32)
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    return np.exp(log_softmax(logits))
-
-
-def study_probabilities(study_ids: np.ndarray, probabilities: np.ndarray) -> dict[int, np.ndarray]:
-    """Per study, the mean of its rows' probabilities: {study_id: (5, 5, 3)}."""
-    study_ids = np.asarray(study_ids)
-    return {int(s): probabilities[study_ids == s].mean(axis=0) for s in np.unique(study_ids)}
+            outputs.append(model(*to_device(inputs, device)).float().cpu().numpy())
+        targets.append(batch_targets.numpy())
+    if not outputs:
+        raise ValueError("nothing to predict: the loader is empty")
+    return np.concatenate(outputs), np.concatenate(targets)
 
 
 def _report(y_true: np.ndarray, y_pred: np.ndarray) -> dict | None:
@@ -83,7 +73,7 @@ def _report(y_true: np.ndarray, y_pred: np.ndarray) -> dict | None:
 def classification_reports(targets: np.ndarray, predicted: np.ndarray) -> dict[str, dict | None]:
     """Reports overall, per condition (5) and per condition x level (25).
 
-    targets and predicted are (N, 25) class indices, condition-major; each report covers exactly
+    targets and predicted are (studies, 25) class indices, condition-major; each report covers exactly
     its own cells' labelled entries (the seed sliced three flattened entries instead, and counted
     missing labels as Normal/Mild).
     """
@@ -98,9 +88,14 @@ def classification_reports(targets: np.ndarray, predicted: np.ndarray) -> dict[s
 
 @dataclass
 class Evaluation:
-    """Everything measured on the validation split."""
+    """Everything measured on the validation split.
 
-    n_rows: int
+    loss is the family's weighted cross-entropy over its points (the training loop's val_loss);
+    accuracy, the reports and the confusion matrix are over the labelled cells of the study-level
+    predictions, which every family makes and the competition scores.
+    """
+
+    n_points: int
     n_studies: int
     loss: float
     accuracy: float
@@ -139,10 +134,10 @@ class Evaluation:
             else f"is worse than the prior by {gap:.4f}"
         )
         lines = [
-            f"Validation: {self.n_studies} studies, {self.n_rows} rows",
+            f"Validation: {self.n_studies} studies, {self.n_points} points",
             f"  competition score {self.score:.4f}   prior baseline {self.prior_score:.4f}   "
             f"(lower is better: the model {verdict})",
-            f"  loss {self.loss:.4f}   accuracy {self.accuracy:.4f} (labelled cells of every row)",
+            f"  loss {self.loss:.4f} (per point)   accuracy {self.accuracy:.4f} (labelled cells of the studies)",
             "",
             f"  {'condition':<34}{'log loss':>9}{'prior':>8}  {'F1 N/M':>7}{'F1 Mod':>7}{'F1 Sev':>7}{'n':>7}",
         ]
@@ -176,7 +171,7 @@ class Evaluation:
             f"| prior baseline | {self.prior_score:.4f} | | |",
             "",
             f"Lower is better: the model {verdict} the train-split class prior "
-            f"({self.n_studies} validation studies, {self.n_rows} rows).",
+            f"({self.n_studies} validation studies, {self.n_points} points).",
             "",
             "| condition | log loss | prior | F1 Normal/Mild | F1 Moderate | F1 Severe |",
             "|---|---:|---:|---:|---:|---:|",
@@ -207,18 +202,12 @@ class Evaluation:
             blocks.append(f"== {name} ==\n" + "\n".join(rows) + "\n")
         return "\n".join(blocks)
 
-    def save(self, out_dir: str | Path) -> dict[str, Path]:
-        """Write reports (JSON and text), metrics and the study-level submission; returns the paths."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "summary": out_dir / "summary.txt",
-            "summary_markdown": out_dir / "summary.md",
-            "metrics": out_dir / "metrics.json",
-            "reports_json": out_dir / "classification_reports.json",
-            "reports_text": out_dir / "classification_reports.txt",
-            "submission": out_dir / "val_submission.csv",
-        }
+    def save(self, paths: Mapping[str, Path]) -> dict[str, Path]:
+        """Write reports (JSON and text), metrics and the study-level submission to the catalog's paths
+        (`RunFolder.evaluation_files()`); returns the paths written."""
+        paths = {key: Path(paths[key]) for key in SAVED}
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
         paths["summary"].write_text(self.describe() + "\n")
         paths["summary_markdown"].write_text(self.markdown() + "\n")
         paths["metrics"].write_text(json.dumps(self.metrics(), indent=2))
@@ -244,40 +233,56 @@ def _condition_log_losses(solution: pd.DataFrame, submission: pd.DataFrame) -> d
     return losses
 
 
+def point_loss_and_accuracy(
+    outputs: np.ndarray, targets: np.ndarray, class_weights: tuple[float, float, float] = SEVERITY_WEIGHTS
+) -> tuple[float, float]:
+    """Weighted cross-entropy and accuracy over the labelled targets of a family's outputs (..., 3)."""
+    log_p = log_softmax(outputs).reshape(-1, outputs.shape[-1])
+    flat = np.asarray(targets).reshape(-1)
+    labelled = flat != MISSING_LABEL
+    if not labelled.any():
+        raise ValueError("no labelled targets among the points to evaluate")
+    weights = np.asarray(class_weights)[flat[labelled]]
+    picked = log_p[labelled, flat[labelled]]
+    return float(-(weights * picked).sum() / weights.sum()), float(
+        (log_p[labelled].argmax(-1) == flat[labelled]).mean()
+    )
+
+
 def evaluate_predictions(
-    logits: np.ndarray,
-    rows: pd.DataFrame,
+    cells: Mapping[int, np.ndarray],
     labels: pd.DataFrame,
     prior: np.ndarray,
-    class_weights: tuple[float, float, float] = (1.0, 2.0, 4.0),
+    loss: float = float("nan"),
+    n_points: int = 0,
 ) -> Evaluation:
-    """Score row-level logits for `rows` (long-table rows, same order) against study labels.
+    """Score study-level probabilities {study_id: (5, 5, 3)} against the studies' labels.
 
     labels: per-study label indices (train.csv as loaded); prior: (5, 3) train-split class
-    frequencies per condition, the baseline printed beside the model.
+    frequencies per condition, the baseline scored beside the model; loss: the family's loss over
+    its points, reported as it is.
     """
-    if len(logits) != len(rows):
-        raise ValueError(f"{len(logits)} predictions for {len(rows)} rows")
-    targets = rows[list(LABEL_COLUMNS)].to_numpy(dtype=np.int64)
-    flat_log_p = log_softmax(logits).reshape(len(rows), -1, OUTPUT_SHAPE[-1])
+    study_ids = sorted(cells)
+    if not study_ids:
+        raise ValueError("no study to evaluate")
+    known = labels.set_index("study_id")
+    missing = sorted(set(study_ids) - set(known.index))
+    if missing:
+        raise ValueError(f"{len(missing)} predicted studies have no labels, e.g. {missing[:3]}")
+    targets = known.loc[study_ids, list(LABEL_COLUMNS)].to_numpy(dtype=np.int64)  # (studies, 25)
+    probabilities = np.stack([np.asarray(cells[s]).reshape(len(LABEL_COLUMNS), -1) for s in study_ids])
+    predicted = probabilities.argmax(-1)
     labelled = targets != MISSING_LABEL
     if not labelled.any():
-        raise ValueError("no labelled cells among the rows to evaluate")
-    weights = np.asarray(class_weights)[targets[labelled]]
-    picked = np.take_along_axis(flat_log_p[labelled], targets[labelled][:, None], axis=1)[:, 0]
-    loss = float(-(weights * picked).sum() / weights.sum())
-    predicted = flat_log_p.argmax(-1)
-    accuracy = float((predicted[labelled] == targets[labelled]).mean())
-
-    study_ids = rows["study_id"].to_numpy()
-    submission = submission_from_probabilities(study_probabilities(study_ids, softmax(logits)))
-    solution = solution_from_labels(labels[labels["study_id"].isin(np.unique(study_ids))])
-    baseline = prior_submission(prior, np.unique(study_ids))
+        raise ValueError("no labelled cells among the studies to evaluate")
+    submission = submission_from_probabilities({s: cells[s] for s in study_ids})
+    solution = solution_from_labels(known.loc[study_ids].reset_index())
+    baseline = prior_submission(prior, study_ids)
     return Evaluation(
-        n_rows=len(rows),
-        n_studies=len(np.unique(study_ids)),
+        n_points=n_points,
+        n_studies=len(study_ids),
         loss=loss,
-        accuracy=accuracy,
+        accuracy=float((predicted[labelled] == targets[labelled]).mean()),
         score=competition_score(solution, submission),
         prior_score=competition_score(solution, baseline),
         condition_log_loss=_condition_log_losses(solution, submission),
@@ -297,18 +302,21 @@ def label_counts(labels: pd.DataFrame) -> Mapping[str, int]:
 
 
 def evaluate_model(
-    model: SpineNet,
-    table: pd.DataFrame,
+    model: nn.Module,
+    points: pd.DataFrame,
     labels: pd.DataFrame,
     split: StudySplit,
-    store: ImageStore,
+    store: VolumeReader,
     config: TrainConfig,
     progress: bool = True,
 ) -> Evaluation:
-    """Predict the split's validation rows and score them beside the train-split prior."""
+    """Predict the split's validation points and score their studies beside the train-split prior."""
+    family = get_family(config.model_family)
     device = resolve_device(config.device)
-    val_rows = table[table["study_id"].isin(split.val_study_ids)]
-    loader = make_loader(SpineDataset(val_rows, store, config.image_size), config, False, device)
-    logits = predict_logits(model, loader, device, config.amp, progress)
-    prior = class_prior(labels[labels["study_id"].isin(split.train_study_ids)])
-    return evaluate_predictions(logits, val_rows, labels, prior, config.class_weights)
+    val_points = split.select(points, "val")
+    loader = make_loader(family.dataset(val_points, store, config, train=False), config, False, device)
+    outputs, targets = predict_outputs(model, loader, device, config.amp, progress)
+    prior = class_prior(split.select(labels, "train"))
+    loss, _ = point_loss_and_accuracy(outputs, targets, config.class_weights)
+    cells = family.cell_probabilities(outputs, val_points, prior)
+    return evaluate_predictions(cells, labels, prior, loss, len(val_points))

@@ -1,10 +1,11 @@
-"""Predictions for studies: slice order, a coordinate prior where no coordinates are given, submission rows.
+"""Predictions for studies: points from given coordinates or the coordinate prior, then the model family.
 
 The input is one frame of image references, the same for the CLI, the Prefect flow and the MLflow
 pyfunc model: study_id, series_id, instance_number, image_path, series_description, and optional
-x, y. Rows with x and y are used as given (validation data). Series whose rows have no
-coordinates (the Kaggle test set gives none) get, for every condition x level read on that series
-type, the slice and point of the coordinate prior, slices ordered by ImagePositionPatient.
+x, y, condition, level. A study with given points (x and y) is predicted from them; a study
+without (the Kaggle test set gives none) gets, for each of the 25 condition x level cells, the
+slice and point of the coordinate prior. Pixels come from a volume store: one built beforehand by
+`spine predict`, or the same decoding done in memory for the frame's series.
 """
 
 from __future__ import annotations
@@ -16,59 +17,26 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pydicom
+from torch import nn
 from torch.utils.data import DataLoader
 
-from spine_model.constants import CONDITION_SERIES, CONDITIONS, LEVELS, images_dir
-from spine_model.dataset import image_tensor, normalised_point
-from spine_model.dicom import DicomReadError, read_pixels, slice_position, to_uint8
-from spine_model.evaluate import predict_logits, softmax, study_probabilities
+from spine_model.catalog import atomic_write
+from spine_model.config import TrainConfig
+from spine_model.constants import CONDITION_SERIES, LEVELS, images_dir
+from spine_model.evaluate import predict_outputs
+from spine_model.families import get_family
+from spine_model.families.base import CELLS_SHAPE
 from spine_model.ingest import load_coordinates, load_series_descriptions
 from spine_model.metrics import submission_from_probabilities
-from spine_model.model import SpineNet
-from spine_model.parallel import parallel_map
 from spine_model.train import load_checkpoint, resolve_device
+from spine_model.volumes import SERIES_KEY, SLICE_KEY, MemoryVolumeStore, VolumeReader, locate_points
 
 log = logging.getLogger(__name__)
 
-FRAME_COLUMNS = ("study_id", "series_id", "instance_number", "image_path", "series_description", "x", "y")
-SERIES_KEY = ["study_id", "series_id"]
-
-
-# --- slice order ----------------------------------------------------------------------------------
-
-
-def _header(job: tuple[int, str]) -> tuple[int, float, int, int, str]:
-    """(index, position along the slice normal, rows, columns, error) of one DICOM file."""
-    index, path = job
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        return index, slice_position(ds), int(ds.Rows), int(ds.Columns), ""
-    except Exception as error:  # noqa: BLE001 - any unreadable header is a counted skip
-        return index, float("nan"), 0, 0, f"{type(error).__name__}: {error}"
-
-
-def index_slices(files: pd.DataFrame, workers: int | None = None, progress: bool = False) -> pd.DataFrame:
-    """Add slice_index / n_slices (order by ImagePositionPatient within each series), rows, columns.
-
-    `files` needs study_id, series_id and image_path. Files whose header cannot be read are
-    dropped, counted and logged.
-    """
-    files = files.reset_index(drop=True)
-    jobs = list(enumerate(files["image_path"].astype(str)))
-    headers = sorted(parallel_map(_header, jobs, workers, "read slice positions", "file", progress))
-    files = files.assign(
-        position=[h[1] for h in headers], rows=[h[2] for h in headers], columns=[h[3] for h in headers]
-    )
-    failed = [(files["image_path"].iloc[h[0]], h[4]) for h in headers if h[4]]
-    if failed:
-        log.warning("skipped %d file(s) without a readable position, e.g. %s: %s", len(failed), *failed[0])
-        files = files[files["position"].notna()]
-    files = files.sort_values([*SERIES_KEY, "position", "instance_number"])
-    grouped = files.groupby(SERIES_KEY, sort=False)
-    return files.assign(slice_index=grouped.cumcount(), n_slices=grouped["position"].transform("size")).reset_index(
-        drop=True
-    )
+FRAME_COLUMNS = (
+    "study_id", "series_id", "instance_number", "image_path", "series_description", "x", "y", "condition", "level",
+)  # fmt: skip
+POINT_COLUMNS = [*SLICE_KEY, "series_description", "condition", "level", "x", "y", "source"]
 
 
 def list_series_files(data_dir: str | Path, split: str = "test", series: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -105,46 +73,57 @@ def list_series_files(data_dir: str | Path, split: str = "test", series: pd.Data
 class CoordinatePrior:
     """Mean relative slice position and normalised x, y per condition x level x series description.
 
-    Learned on the training split; a start that a learned localiser can replace behind `point`.
+    Learned on the training split; a start that a learned localiser can replace behind `points`.
     """
 
     table: pd.DataFrame  # condition, level, series_description, slice, x, y, n
 
     @classmethod
-    def fit(cls, coordinates: pd.DataFrame, slices: pd.DataFrame) -> CoordinatePrior:
-        """coordinates: long-table rows (x, y, condition, level, series_description);
-        slices: index_slices output for their series (slice_index, n_slices, rows, columns)."""
-        merged = coordinates.merge(
-            slices[[*SERIES_KEY, "instance_number", "slice_index", "n_slices", "rows", "columns"]],
-            on=[*SERIES_KEY, "instance_number"],
-        )
-        if merged.empty:
-            raise ValueError("no coordinate row matches an indexed slice: cannot learn a coordinate prior")
-        merged = merged.assign(
-            slice=np.where(merged["n_slices"] > 1, merged["slice_index"] / (merged["n_slices"] - 1).clip(lower=1), 0.5),
-            x=merged["x"] / merged["columns"],
-            y=merged["y"] / merged["rows"],
+    def fit(cls, points: pd.DataFrame) -> CoordinatePrior:
+        """points: located training points (condition, level, series_description, x, y, slice_index,
+        n_slices, rows, columns; see volumes.locate_points)."""
+        if points.empty:
+            raise ValueError("no located training point: cannot learn a coordinate prior")
+        relative = points.assign(
+            slice=np.where(points["n_slices"] > 1, points["slice_index"] / (points["n_slices"] - 1).clip(lower=1), 0.5),
+            x=points["x"] / points["columns"],
+            y=points["y"] / points["rows"],
         )
         table = (
-            merged.groupby(["condition", "level", "series_description"])
+            relative.groupby(["condition", "level", "series_description"])
             .agg(slice=("slice", "mean"), x=("x", "mean"), y=("y", "mean"), n=("x", "size"))
             .reset_index()
         )
         return cls(table)
 
-    def point(self, condition: str, level: str, available: set[str]) -> tuple[str, float, float, float] | None:
-        """(series_description, relative slice, x, y) for a condition x level among the available
-        series descriptions: the condition's usual series first, else the most frequent one."""
-        rows = self.table[
-            (self.table["condition"] == condition)
-            & (self.table["level"] == level)
-            & self.table["series_description"].isin(available)
+    def choices(self, available: pd.DataFrame) -> pd.DataFrame:
+        """Per study and cell, where to look: available (study_id, series_description) -> rows of
+        study_id, condition, level, series_description, slice, x, y. The condition's usual series
+        first, else the description with the most training points."""
+        candidates = available.drop_duplicates().merge(self.table, on="series_description")
+        usual = candidates["series_description"] == candidates["condition"].map(CONDITION_SERIES)
+        ranked = candidates.assign(usual=usual).sort_values(["usual", "n"], ascending=False, kind="stable")
+        return ranked.drop_duplicates(["study_id", "condition", "level"]).drop(columns=["usual", "n"])
+
+    def points(self, index: pd.DataFrame) -> pd.DataFrame:
+        """Prior points for every study of a store index: one per cell that some series can show.
+
+        Uses each study's first series of the chosen description (lowest series id).
+        """
+        series = index.drop_duplicates(SERIES_KEY).sort_values(SERIES_KEY)
+        first = series.drop_duplicates(["study_id", "series_description"])[
+            [*SERIES_KEY, "series_description", "n_slices"]
         ]
-        if rows.empty:
-            return None
-        usual = rows[rows["series_description"] == CONDITION_SERIES[condition]]
-        best = (usual if not usual.empty else rows.sort_values("n", ascending=False)).iloc[0]
-        return best["series_description"], float(best["slice"]), float(best["x"]), float(best["y"])
+        chosen = self.choices(first[["study_id", "series_description"]]).merge(
+            first, on=["study_id", "series_description"]
+        )
+        chosen["slice_index"] = np.round(chosen["slice"] * (chosen["n_slices"] - 1)).astype(np.int64)
+        on_slice = chosen.merge(
+            index[[*SERIES_KEY, "slice_index", "instance_number", "rows", "columns"]], on=[*SERIES_KEY, "slice_index"]
+        )
+        return on_slice.assign(
+            x=on_slice["x"] * on_slice["columns"], y=on_slice["y"] * on_slice["rows"], source="prior"
+        )[POINT_COLUMNS].sort_values(["study_id", "condition", "level"], ignore_index=True)
 
     def to_dict(self) -> dict:
         return {"coordinate_prior": self.table.to_dict(orient="records")}
@@ -157,8 +136,7 @@ class CoordinatePrior:
 def save_priors(path: str | Path, coordinate_prior: CoordinatePrior, class_prior: np.ndarray) -> Path:
     """Both priors a model needs at inference, as one JSON file."""
     payload = {**coordinate_prior.to_dict(), "class_prior": np.asarray(class_prior).tolist()}
-    Path(path).write_text(json.dumps(payload, indent=2))
-    return Path(path)
+    return atomic_write(path, lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
 
 
 def load_priors(path: str | Path) -> tuple[CoordinatePrior, np.ndarray]:
@@ -173,34 +151,37 @@ def inference_frame(data_dir: str | Path, split: str = "test", use_coordinates: 
     """The predictor's input for a Kaggle-layout split.
 
     Without coordinates: every file of every listed series (x, y missing). With them (train
-    split only): the coordinate rows, so given points are used, plus the files of listed series
-    that have no coordinate row.
+    split only): the files plus one row per coordinate row (its instance's file with x, y,
+    condition and level), so that the studies' given points are used.
     """
     files = list_series_files(data_dir, split)
-    frame = files.assign(x=np.nan, y=np.nan)
+    frame = files.assign(x=np.nan, y=np.nan, condition=None, level=None)
     if use_coordinates:
-        coordinates = load_coordinates(data_dir).merge(
-            files, on=[*SERIES_KEY, "instance_number"], how="inner", validate="many_to_one"
-        )
-        with_points = coordinates[list(FRAME_COLUMNS)]
-        pointless = frame[~frame.set_index(SERIES_KEY).index.isin(with_points.set_index(SERIES_KEY).index)]
-        frame = pd.concat([with_points, pointless], ignore_index=True)
+        coordinates = load_coordinates(data_dir).merge(files, on=SLICE_KEY, how="inner", validate="many_to_one")
+        frame = pd.concat([frame, coordinates[list(FRAME_COLUMNS)]], ignore_index=True)
     return frame[list(FRAME_COLUMNS)]
 
 
-def _validate_frame(frame: pd.DataFrame) -> pd.DataFrame:
+def validate_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with its optional columns added and ids as integers; a clear error if unusable."""
     required = ["study_id", "series_id", "instance_number", "image_path"]
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise ValueError(f"prediction input lacks column(s) {missing}; expected {list(FRAME_COLUMNS)}")
     frame = frame.copy()
-    for column in ("x", "y", "series_description"):
+    for column in ("x", "y"):
+        frame[column] = pd.to_numeric(frame[column], errors="coerce") if column in frame else np.nan
+    for column in ("series_description", "condition", "level"):
         if column not in frame.columns:
-            frame[column] = np.nan if column != "series_description" else None
-    frame[["study_id", "series_id", "instance_number"]] = frame[["study_id", "series_id", "instance_number"]].astype(
-        np.int64
-    )
+            frame[column] = None
+    frame[SLICE_KEY] = frame[SLICE_KEY].astype(np.int64)
     return frame
+
+
+def given_points(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame's rows with x and y, as points."""
+    given = frame[frame["x"].notna() & frame["y"].notna()]
+    return given.assign(source="given")[POINT_COLUMNS].reset_index(drop=True)
 
 
 # --- the predictor ------------------------------------------------------------------------------
@@ -208,82 +189,70 @@ def _validate_frame(frame: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Predictor:
-    """A trained SpineNet plus the priors it needs for studies without coordinates."""
+    """A trained model of any family plus the priors it needs for studies without coordinates."""
 
-    model: SpineNet
-    image_size: int
+    model: nn.Module
+    config: TrainConfig
     coordinate_prior: CoordinatePrior
     class_prior: np.ndarray  # (5 conditions, 3) train-split class frequencies
-    batch_size: int = 32
     device: str = "auto"
+    studies_per_chunk: int = 16  # decoded together when no store is given: bounds memory
 
     @classmethod
     def load(cls, checkpoint: str | Path, priors: str | Path, device: str = "auto") -> Predictor:
         model, config = load_checkpoint(checkpoint)
         coordinate_prior, class_prior = load_priors(priors)
-        return cls(model.eval(), config.image_size, coordinate_prior, class_prior, config.batch_size, device)
+        return cls(model.eval(), config, coordinate_prior, class_prior, device)
 
-    def model_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The rows the model sees: given points as they are, prior points for series without any."""
-        return self._model_rows(_validate_frame(frame))
+    def points(self, frame: pd.DataFrame, store: VolumeReader) -> pd.DataFrame:
+        """The points the model sees: a study's given points, or else the prior's for its stored series."""
+        given = given_points(frame)
+        listed = pd.MultiIndex.from_frame(frame[SERIES_KEY].drop_duplicates())
+        index = store.index[pd.MultiIndex.from_frame(store.index[SERIES_KEY]).isin(listed)]
+        bare = index[~index["study_id"].isin(given["study_id"])]
+        return pd.concat([given, self.coordinate_prior.points(bare)], ignore_index=True)
 
-    def _model_rows(self, frame: pd.DataFrame) -> pd.DataFrame:
-        given = frame[frame["x"].notna() & frame["y"].notna()]
-        bare = frame[~frame.set_index(SERIES_KEY).index.isin(given.set_index(SERIES_KEY).index)]
-        rows = [given[["study_id", "series_id", "instance_number", "image_path", "x", "y"]].assign(from_prior=False)]
-        if not bare.empty:
-            rows.append(self._prior_rows(bare))
-        return pd.concat(rows, ignore_index=True)
+    def predict(self, frame: pd.DataFrame, store: VolumeReader | None = None) -> pd.DataFrame:
+        """Kaggle submission rows (row_id, normal_mild, moderate, severe): 25 per study of `frame`.
 
-    def _prior_rows(self, bare: pd.DataFrame) -> pd.DataFrame:
-        slices = index_slices(bare.drop(columns=["x", "y"]))
-        chosen = []
-        for study_id, study in slices.groupby("study_id"):
-            available = set(study["series_description"].dropna())
-            for condition in CONDITIONS:
-                for level in LEVELS:
-                    found = self.coordinate_prior.point(condition, level, available)
-                    if found is None:
-                        continue
-                    description, relative_slice, x, y = found
-                    series = study[study["series_description"] == description]
-                    series = series[series["series_id"] == series["series_id"].min()]  # first such series
-                    position = int(round(relative_slice * (len(series) - 1)))
-                    row = series.iloc[min(position, len(series) - 1)]
-                    chosen.append(
-                        (study_id, row.series_id, row.instance_number, row.image_path, x * row.columns, y * row.rows)
-                    )
-        columns = ["study_id", "series_id", "instance_number", "image_path", "x", "y"]
-        return pd.DataFrame(chosen, columns=columns).drop_duplicates().assign(from_prior=True)
-
-    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Kaggle submission rows (row_id, normal_mild, moderate, severe): 25 per study of `frame`."""
-        frame = _validate_frame(frame)
-        rows = self._model_rows(frame)
-        inputs, kept = [], []
-        cache: dict[str, np.ndarray | None] = {}
-        for index, row in enumerate(rows.itertuples(index=False)):
-            if row.image_path not in cache:
-                try:
-                    cache[row.image_path] = to_uint8(read_pixels(row.image_path))
-                except DicomReadError as error:
-                    log.warning("study %s: skipped unreadable image: %s", row.study_id, error)
-                    cache[row.image_path] = None
-            pixels = cache[row.image_path]
-            if pixels is None:
-                continue
-            height, width = pixels.shape
-            inputs.append((image_tensor(pixels, self.image_size), normalised_point((row.x, row.y), width, height)))
-            kept.append(index)
-        per_study = {}
-        if inputs:
-            loader = DataLoader(inputs, batch_size=self.batch_size)
-            logits = predict_logits(self.model, loader, resolve_device(self.device), progress=False)
-            per_study = study_probabilities(rows["study_id"].to_numpy()[kept], softmax(logits))
+        Without `store`, the frame's image files are decoded here, a few studies at a time.
+        """
+        frame = validate_frame(frame)
+        study_ids = sorted(int(s) for s in frame["study_id"].unique())
+        cells: dict[int, np.ndarray] = {}
+        if store is not None:
+            if store.size != self.config.store_size:
+                raise ValueError(
+                    f"the volume store holds {store.size} px slices; this model was trained on "
+                    f"{self.config.store_size} px (build a store of that size, or give none)"
+                )
+            cells = self._predict_cells(frame, store)
+        else:
+            for start in range(0, len(study_ids), self.studies_per_chunk):
+                chunk = frame[frame["study_id"].isin(study_ids[start : start + self.studies_per_chunk])]
+                memory = MemoryVolumeStore.from_files(chunk, self.config.store_size)
+                for _, reason in memory.unreadable:
+                    log.warning("skipped unreadable image %s", reason)
+                cells.update(self._predict_cells(chunk, memory))
         prior = np.repeat(self.class_prior[:, None, :], len(LEVELS), axis=1)
-        by_study = {}
-        for study_id in sorted(frame["study_id"].unique()):
-            if int(study_id) not in per_study:
+        for study_id in study_ids:
+            if study_id not in cells:
                 log.warning("study %s: no readable image for any condition; predicting the class prior", study_id)
-            by_study[int(study_id)] = per_study.get(int(study_id), prior)
-        return submission_from_probabilities(by_study)
+        return submission_from_probabilities({s: cells.get(s, prior) for s in study_ids})
+
+    def _predict_cells(self, frame: pd.DataFrame, store: VolumeReader) -> dict[int, np.ndarray]:
+        family = get_family(self.config.model_family)
+        points = self.points(frame, store)
+        located, unplaced = locate_points(points, store.index, store.size)
+        if len(unplaced):
+            example = unplaced.iloc[0]
+            log.warning(
+                "%d point(s) on images that could not be read, e.g. study %s series %s instance %s",
+                len(unplaced), example.study_id, example.series_id, example.instance_number,
+            )  # fmt: skip
+        if located.empty:
+            return {}
+        loader = DataLoader(family.dataset(located, store, self.config, train=False), batch_size=self.config.batch_size)
+        outputs, _ = predict_outputs(self.model, loader, resolve_device(self.device), self.config.amp, progress=False)
+        cells = family.cell_probabilities(outputs, located, self.class_prior)
+        return {study_id: probabilities.reshape(CELLS_SHAPE) for study_id, probabilities in cells.items()}

@@ -163,6 +163,11 @@ def load_coordinates(data_dir: str | Path) -> pd.DataFrame:
     )
 
 
+def dicom_path(data_dir: str | Path, split: str, study_id: int, series_id: int, instance_number: int) -> Path:
+    """`{data_dir}/{split}_images/{study_id}/{series_id}/{instance_number}.dcm`."""
+    return Path(data_dir) / images_dir(split) / str(study_id) / str(series_id) / f"{instance_number}.dcm"
+
+
 def _skip(rows: pd.DataFrame, drop: np.ndarray, reason: str, skipped: Counter[str]) -> pd.DataFrame:
     if drop.any():
         examples = rows.loc[drop, ["study_id", "series_id", "instance_number"]].head(3).to_numpy().tolist()
@@ -185,11 +190,10 @@ def build_long_table(data_dir: str | Path, check_images: bool = True) -> IngestR
     rows = rows.merge(series, on=["study_id", "series_id"], how="left")
     rows = _skip(rows, rows["series_description"].isna().to_numpy(), SKIP_NO_DESCRIPTION, skipped)
     if check_images:
-        root = data_dir / images_dir("train")
         exists = np.array(
             [
-                (root / str(s) / str(r) / f"{i}.dcm").is_file()
-                for s, r, i in rows[["study_id", "series_id", "instance_number"]].itertuples(index=False)
+                dicom_path(data_dir, "train", *key).is_file()
+                for key in rows[["study_id", "series_id", "instance_number"]].itertuples(index=False)
             ],
             dtype=bool,
         )

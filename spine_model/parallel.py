@@ -38,6 +38,7 @@ def parallel_map(
         methods = multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if "fork" in methods else None)
         with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            for result in pool.map(fn, jobs, chunksize=16):
+            chunksize = max(1, min(16, len(jobs) // (4 * workers)))  # small chunks keep every worker busy
+            for result in pool.map(fn, jobs, chunksize=chunksize):
                 yield result
                 bar.update()

@@ -20,6 +20,13 @@ class StudySplit:
         text = ",".join(str(s) for s in sorted(self.val_study_ids))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+    def select(self, frame: pd.DataFrame, side: str) -> pd.DataFrame:
+        """The rows of `frame` (anything with a study_id column) on one side: 'train' or 'val'."""
+        if side not in ("train", "val"):
+            raise ValueError(f"side must be 'train' or 'val', got {side!r}")
+        study_ids = self.train_study_ids if side == "train" else self.val_study_ids
+        return frame[frame["study_id"].isin(study_ids)]
+
     def to_dict(self) -> dict[str, list[int]]:
         return {"train_study_ids": list(self.train_study_ids), "val_study_ids": list(self.val_study_ids)}
 

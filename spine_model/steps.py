@@ -1,15 +1,15 @@
-"""The pipeline's steps as plain functions, files in and files out.
+"""The pipeline's steps as plain functions: what one Prefect task runs, and what a notebook can call.
 
-Each step is what one Prefect task runs (tasks/ only adds retries, caching and artifacts), and
-what a notebook can call directly. Steps exchange paths, never in-memory objects, so that a step
-can run in another process or on another machine that sees the same folders.
+Within one process, steps hand each other objects (tables, the volume store, a run's inputs);
+across processes (the parent flow and the GPU worker's child) they share a run folder, which
+`prepare_run` writes once and `RunInputs.load` reads once. tasks/ only adds retries, caching and
+artifacts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,25 +18,24 @@ import numpy as np
 import pandas as pd
 
 from spine_model import tracking
-from spine_model.compare import VAL_FINGERPRINT
+from spine_model.catalog import DatasetCache, RunFolder, RunRecord, atomic_write
+from spine_model.compare import MODEL_SUMMARY, VAL_FINGERPRINT
+from spine_model.config import TrainConfig
 from spine_model.constants import SOLUTION_CSV
-from spine_model.dataset import SpineDataset
 from spine_model.evaluate import Evaluation, evaluate_model, label_counts
-from spine_model.image_store import PngImageStore
-from spine_model.inference import CoordinatePrior, index_slices, list_series_files, save_priors
-from spine_model.ingest import build_long_table, write_table
+from spine_model.families import get_family
+from spine_model.inference import CoordinatePrior, save_priors
+from spine_model.ingest import build_long_table, dicom_path, load_series_descriptions, write_table
 from spine_model.metrics import class_prior, score_against_prior
 from spine_model.plots import plot_confusion_matrix, plot_training_curves
-from spine_model.preprocess import dicom_path, preprocess_instances
 from spine_model.split import StudySplit, split_by_study
-from spine_model.train import EpochStats, FitResult, load_checkpoint, train_spinenet
-from spine_model.workspace import RunRecord
+from spine_model.train import EpochStats, FitResult, load_checkpoint, train_model
+from spine_model.volumes import SLICE_KEY, StoreReport, VolumeStore, build_volume_store, locate_points
 
 log = logging.getLogger(__name__)
 
-INSTANCE_COLUMNS = ["study_id", "series_id", "instance_number"]
-MODEL_URIS_FILE = "mlflow_models.json"
-PRIORS_FILE = "priors.json"
+
+# --- data ------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -48,204 +47,221 @@ class IngestOutputs:
     skipped: dict[str, int] = field(default_factory=dict)
     summary: str = ""
 
+    def read(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """(long table, labels), read once by the process that needs them."""
+        return pd.read_parquet(self.table_path), pd.read_parquet(self.labels_path)
 
-def ingest_step(data_dir: str | Path, out_dir: str | Path) -> IngestOutputs:
-    """Kaggle CSVs -> `{out_dir}/train_long.parquet` and `{out_dir}/train_labels.parquet`."""
+
+def ingest_step(data_dir: str | Path, cache: DatasetCache) -> IngestOutputs:
+    """Kaggle CSVs -> the cache's long table and per-study labels (parquet)."""
     result = build_long_table(data_dir)
-    out_dir = Path(out_dir)
-    table_path = write_table(result.table, out_dir / "train_long.parquet")
-    labels_path = write_table(result.labels, out_dir / "train_labels.parquet")
+    table_path = write_table(result.table, cache.long_table)
+    labels_path = write_table(result.labels, cache.labels)
     return IngestOutputs(
         str(table_path), str(labels_path), len(result.table), int(result.table["study_id"].nunique()),
         dict(result.skipped), result.describe(),
     )  # fmt: skip
 
 
-def split_step(table_path: str | Path, val_fraction: float, seed: int, out_path: str | Path) -> StudySplit:
-    """Study-grouped train/validation split of the long table, written as JSON."""
-    split = split_by_study(pd.read_parquet(table_path, columns=["study_id"]), val_fraction, seed)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(split.to_dict(), indent=2))
-    return split
+def series_to_store(data_dir: str | Path, split: str, table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The series a volume store needs: those of `table` (for training, the long table's labelled
+    series), else every series that `{split}_series_descriptions.csv` lists."""
+    series = table if table is not None else load_series_descriptions(data_dir, split)
+    return series[["study_id", "series_id", "series_description"]].drop_duplicates(["study_id", "series_id"])
+
+
+def store_step(
+    data_dir: str | Path,
+    split: str,
+    series: pd.DataFrame,
+    store_root: str | Path,
+    size: int,
+    workers: int | None = None,
+    progress: bool = True,
+) -> StoreReport:
+    """The split's series into the volume store at `store_root` (resumable; see build_volume_store)."""
+    return build_volume_store(data_dir, split, series, store_root, size, workers, progress)
+
+
+# --- one run ---------------------------------------------------------------------------------------
 
 
 @dataclass
-class PreprocessOutputs:
-    store_root: str
-    table_path: str  # the long table without rows whose image could not be read
-    written: int
-    already_done: int
-    failed: dict[str, str] = field(default_factory=dict)  # "study/series/instance" -> reason
-    dropped_rows: int = 0
+class PreparedRun:
+    """A run folder made ready for training, and what the parent logs about its data."""
+
+    folder: RunFolder
+    record: RunRecord
+    facts: dict[str, int | str]
 
 
-def preprocess_step(
+def prepare_run(
     data_dir: str | Path,
-    table_path: str | Path,
-    store_root: str | Path,
-    image_size: int,
-    out_table_path: str | Path,
-    workers: int | None = None,
-    progress: bool = True,
-) -> PreprocessOutputs:
-    """Images of the table's instances into the PNG store; rows of unreadable images dropped and counted."""
-    table = pd.read_parquet(table_path)
-    rows_before = len(table)
-    keys = table[INSTANCE_COLUMNS].itertuples(index=False, name=None)
-    report = preprocess_instances(keys, data_dir, store_root, image_size, workers=workers, progress=progress)
-    if report.failed:
-        failed = pd.DataFrame(list(report.failed), columns=INSTANCE_COLUMNS).assign(_failed=True)
-        flagged = table.merge(failed, on=INSTANCE_COLUMNS, how="left")
-        readable = flagged["_failed"].isna().to_numpy()
-        log.warning("dropping %d row(s) whose image could not be read", int((~readable).sum()))
-        table = table[readable]
-    write_table(table.reset_index(drop=True), out_table_path)
-    return PreprocessOutputs(
-        str(store_root), str(out_table_path), report.written, report.already_done,
-        {"/".join(map(str, key)): reason for key, reason in report.failed.items()},
-        rows_before - len(table),
-    )  # fmt: skip
+    ingested: IngestOutputs,
+    table: pd.DataFrame,
+    labels: pd.DataFrame,
+    store: StoreReport,
+    config: TrainConfig,
+    run_dir: str | Path,
+) -> PreparedRun:
+    """Locate the coordinate rows on the store, split by study, fit the priors; write the run folder.
+
+    table and labels are `ingested.read()`, passed in so that the caller reads them once. Points
+    whose image could not be stored are dropped, counted and logged. Writes run.json, the training
+    points and priors.json; returns the record and the data facts worth logging.
+    """
+    folder = RunFolder(run_dir)
+    volumes = VolumeStore(store.root)
+    points, unplaced = locate_points(table, volumes.index, volumes.size)
+    if len(unplaced):
+        example = unplaced[SLICE_KEY].iloc[0].tolist()
+        log.warning("dropping %d point(s) whose image could not be read, e.g. %s", len(unplaced), example)
+    split = split_by_study(points, config.val_fraction, config.split_seed)
+    write_table(points, folder.points)
+    train_points = split.select(points, "train")
+    prior = class_prior(split.select(labels, "train"))
+    save_priors(folder.priors, CoordinatePrior.fit(train_points), prior)
+    record = RunRecord(str(Path(data_dir).resolve()), ingested.labels_path, store.root, config, split)
+    record.save(folder.root)
+    facts = data_facts(points, labels, split, store, len(unplaced), ingested.skipped)
+    facts[MODEL_SUMMARY] = get_family(config.model_family).describe(config)
+    return PreparedRun(folder, record, facts)
 
 
-def index_step(data_dir: str | Path, table_path: str | Path, out_path: str | Path, workers: int | None = None) -> str:
-    """Slice order (ImagePositionPatient) of every file of the table's series, as parquet."""
-    series = pd.read_parquet(table_path, columns=["study_id", "series_id", "series_description"])
-    files = list_series_files(data_dir, "train", series)
-    write_table(index_slices(files, workers, progress=sys.stderr.isatty()), out_path)
-    return str(out_path)
-
-
-def priors_step(run_dir: str | Path) -> Path:
-    """Coordinate prior and class prior of the run's training studies -> run_dir/priors.json."""
-    record = RunRecord.load(run_dir)
-    table = pd.read_parquet(record.table_path)
-    labels = pd.read_parquet(record.labels_path)
-    train_rows = table[table["study_id"].isin(record.split.train_study_ids)]
-    coordinate_prior = CoordinatePrior.fit(train_rows, pd.read_parquet(record.slices_path))
-    prior = class_prior(labels[labels["study_id"].isin(record.split.train_study_ids)])
-    return save_priors(Path(run_dir) / PRIORS_FILE, coordinate_prior, prior)
-
-
-def data_facts(ingest: IngestOutputs, preprocess: PreprocessOutputs, split: StudySplit) -> dict[str, int | str]:
-    """Counts worth logging beside the config: studies and rows per split, labels, skips."""
-    table = pd.read_parquet(preprocess.table_path, columns=["study_id"])
-    labels = pd.read_parquet(ingest.labels_path)
+def data_facts(
+    points: pd.DataFrame,
+    labels: pd.DataFrame,
+    split: StudySplit,
+    store: StoreReport,
+    dropped_points: int,
+    ingest_skipped: dict[str, int],
+) -> dict[str, int | str]:
+    """Counts worth logging beside the config: studies and points per split, labels, skips."""
     facts: dict[str, int | str] = {
         "data_train_studies": len(split.train_study_ids),
         "data_val_studies": len(split.val_study_ids),
         VAL_FINGERPRINT: split.val_fingerprint(),
-        "data_train_rows": int(table["study_id"].isin(split.train_study_ids).sum()),
-        "data_val_rows": int(table["study_id"].isin(split.val_study_ids).sum()),
-        "data_rows_skipped_at_ingest": sum(ingest.skipped.values()),
-        "data_rows_dropped_unreadable": preprocess.dropped_rows,
-        "data_images_unreadable": len(preprocess.failed),
+        "data_train_points": len(split.select(points, "train")),
+        "data_val_points": len(split.select(points, "val")),
+        "data_rows_skipped_at_ingest": sum(ingest_skipped.values()),
+        "data_points_dropped_unreadable": dropped_points,
+        "data_images_unreadable": len(store.unreadable_files),
+        "data_series_skipped": len(store.skipped_series),
     }
-    for reason, count in ingest.skipped.items():
+    for reason, count in ingest_skipped.items():
         facts[f"data_skipped_{reason.replace(' ', '_')}"] = count
-    for name, count in label_counts(labels[labels["study_id"].isin(split.train_study_ids)]).items():
+    for name, count in label_counts(split.select(labels, "train")).items():
         facts[f"data_train_labels_{name.lower().replace('/', '_')}"] = count
     return facts
 
 
+@dataclass
+class RunInputs:
+    """Everything a process needs to train, evaluate and log a run folder, read once."""
+
+    folder: RunFolder
+    record: RunRecord
+    points: pd.DataFrame  # located training points of both sides of the split
+    labels: pd.DataFrame
+    store: VolumeStore
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunInputs:
+        folder = RunFolder(run_dir)
+        record = RunRecord.load(folder.root)
+        return cls(
+            folder, record, pd.read_parquet(folder.points), pd.read_parquet(record.labels_path),
+            VolumeStore(record.store_root),
+        )  # fmt: skip
+
+
 def train_step(
-    run_dir: str | Path,
+    run: RunInputs,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train as the run folder's run.json says; writes checkpoints/, history.csv, the curves PNG."""
-    run_dir = Path(run_dir)
-    record = RunRecord.load(run_dir)
-    _, result = train_spinenet(
-        pd.read_parquet(record.table_path), record.split, PngImageStore(record.store_root), record.config,
-        run_dir / "checkpoints", on_epoch_end, progress,
-    )  # fmt: skip
-    history = result.history_frame()
-    history.to_csv(run_dir / "history.csv", index=False)
-    plot_training_curves(history, run_dir / "training_curves.png")
-    (run_dir / "fit.json").write_text(
-        json.dumps({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss})
+    """Train as the run's record says; writes checkpoints, history, curves and the fit summary."""
+    folder = run.folder
+    _, result = train_model(
+        run.points, run.record.split, run.store, run.record.config, folder.checkpoints, on_epoch_end, progress
     )
+    history = result.history_frame()
+    history.to_csv(folder.history, index=False)
+    plot_training_curves(history, folder.curves)
+    folder.fit_summary.write_text(json.dumps({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}))
     return result
 
 
 def evaluate_step(
-    run_dir: str | Path, checkpoint: str = "best.pt", progress: bool = True
+    run: RunInputs, checkpoint: str = "best", progress: bool = True
 ) -> tuple[Evaluation, dict[str, Path]]:
-    """Evaluate a run folder's checkpoint on its validation split; writes evaluation/ and returns the paths."""
-    run_dir = Path(run_dir)
-    record = RunRecord.load(run_dir)
-    model, _ = load_checkpoint(run_dir / "checkpoints" / checkpoint)
-    config = record.config
-    evaluation = evaluate_model(
-        model, pd.read_parquet(record.table_path), pd.read_parquet(record.labels_path), record.split,
-        PngImageStore(record.store_root), config, progress,
-    )  # fmt: skip
-    out_dir = run_dir / "evaluation"
-    paths = evaluation.save(out_dir)
-    paths["confusion_png"] = plot_confusion_matrix(evaluation.confusion, out_dir / "confusion_matrix.png")
+    """Evaluate the run's best (or last) checkpoint on its validation split; writes evaluation/."""
+    folder = run.folder
+    path = {"best": folder.best_checkpoint, "last": folder.last_checkpoint}[checkpoint]
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the run has not finished an epoch yet")
+    model, config = load_checkpoint(path)
+    evaluation = evaluate_model(model, run.points, run.labels, run.record.split, run.store, config, progress)
+    files = folder.evaluation_files()
+    paths = evaluation.save(files)
+    paths["confusion_png"] = plot_confusion_matrix(evaluation.confusion, files["confusion_png"])
     return evaluation, paths
 
 
-def log_run_outputs(run_id: str, run_dir: str | Path, tracking_uri: str | None = None) -> dict[str, str]:
-    """Log a finished run folder to MLflow: final metrics, reports, plots, split, config, weights,
+def log_run_outputs(run_id: str, run: RunInputs, tracking_uri: str | None = None) -> dict[str, str]:
+    """Log a finished run folder to MLflow: final metrics, reports, plots, record, priors, weights,
     the PyTorch model and the serving (pyfunc) model; the URIs become run tags and are returned.
 
-    The PyTorch model's input example is two real validation rows.
+    The models' input examples are two real validation points.
     """
-    run_dir = Path(run_dir)
-    record = RunRecord.load(run_dir)
-    tracking.log_metrics(run_id, read_metrics(run_dir), tracking_uri=tracking_uri)
-    fit = json.loads((run_dir / "fit.json").read_text())
+    folder = run.folder
+    tracking.log_metrics(run_id, read_metrics(folder.root), tracking_uri=tracking_uri)
+    fit = json.loads(folder.fit_summary.read_text())
     tracking.log_metrics(run_id, {"best_epoch": fit["best_epoch"]}, tracking_uri=tracking_uri)
-    evaluation_dir = run_dir / "evaluation"
+    files = folder.evaluation_files()
+    pictures = {"confusion_png"}
     tracking.log_artifacts(
-        run_id, sorted(p for p in evaluation_dir.iterdir() if p.suffix != ".png"), "reports", tracking_uri
+        run_id, [p for key, p in files.items() if key not in pictures and p.is_file()], "reports", tracking_uri
     )
-    tracking.log_artifacts(
-        run_id, [evaluation_dir / "confusion_matrix.png", run_dir / "training_curves.png"], "plots", tracking_uri
-    )
-    tracking.log_artifacts(
-        run_id,
-        [run_dir / RunRecord.FILE, run_dir / "split.json", run_dir / "history.csv", run_dir / PRIORS_FILE],
-        "run",
-        tracking_uri,
-    )
-    tracking.log_artifacts(run_id, [run_dir / "checkpoints" / "best.pt"], "weights", tracking_uri)
+    tracking.log_artifacts(run_id, [files["confusion_png"], folder.curves], "plots", tracking_uri)
+    tracking.log_artifacts(run_id, [folder.record, folder.history, folder.priors], "run", tracking_uri)
+    tracking.log_artifacts(run_id, [folder.best_checkpoint], "weights", tracking_uri)
 
-    model, config = load_checkpoint(run_dir / "checkpoints" / "best.pt")
-    table = pd.read_parquet(record.table_path)
-    val_rows = table[table["study_id"].isin(record.split.val_study_ids)].head(2)
-    dataset = SpineDataset(val_rows, PngImageStore(record.store_root), config.image_size)
-    images, coords = zip(*[(image.numpy(), xy.numpy()) for image, xy, _ in dataset], strict=True)
+    model, config = load_checkpoint(folder.best_checkpoint)
+    family = get_family(config.model_family)
+    examples = run.record.split.select(run.points, "val").head(2)
+    dataset = family.dataset(examples, run.store, config, train=False)
+    inputs = [np.stack([dataset[i][0][k].numpy() for i in range(len(dataset))]) for k in range(len(family.input_names))]
     from spine_model.tracking.pyfunc import log_pyfunc_model  # imports mlflow: only when logging
 
     with tracking.active_run(run_id, tracking_uri):
         uris = {
-            "model_uri": tracking.log_pytorch_model(model, np.stack(images), np.stack(coords)),
+            "model_uri": tracking.log_pytorch_model(model, dict(zip(family.input_names, inputs, strict=True))),
             "serving_model_uri": log_pyfunc_model(
-                run_dir / "checkpoints" / "best.pt", run_dir / PRIORS_FILE, _serving_example(val_rows, record.data_dir)
+                folder.best_checkpoint, folder.priors, serving_example(examples, run.record.data_dir), config.store_size
             ),
         }
     tracking.set_tags(run_id, uris, tracking_uri)
-    (run_dir / MODEL_URIS_FILE).write_text(json.dumps(uris, indent=2))
+    atomic_write(folder.model_uris, lambda handle: handle.write(json.dumps(uris, indent=2).encode()))
     return uris
 
 
-def _serving_example(rows: pd.DataFrame, data_dir: str) -> pd.DataFrame:
-    """Long-table rows as the serving model's input: image references with their points."""
-    paths = [str(dicom_path(data_dir, "train", key)) for key in rows[INSTANCE_COLUMNS].itertuples(index=False)]
-    return rows[[*INSTANCE_COLUMNS, "series_description", "x", "y"]].assign(image_path=paths).reset_index(drop=True)
+def serving_example(points: pd.DataFrame, data_dir: str) -> pd.DataFrame:
+    """Training points as the serving model's input: image references with their points."""
+    paths = [str(dicom_path(data_dir, "train", *key)) for key in points[SLICE_KEY].itertuples(index=False)]
+    columns = [*SLICE_KEY, "series_description", "x", "y", "condition", "level"]
+    return points[columns].assign(image_path=paths).reset_index(drop=True)
 
 
 def read_model_uris(run_dir: str | Path) -> dict[str, str]:
     """The MLflow model URIs that log_run_outputs recorded for a run folder (empty before)."""
-    path = Path(run_dir) / MODEL_URIS_FILE
+    path = RunFolder(run_dir).model_uris
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def read_metrics(run_dir: str | Path) -> dict[str, float]:
     """The flat metrics an evaluation wrote (see Evaluation.metrics)."""
-    return json.loads((Path(run_dir) / "evaluation" / "metrics.json").read_text())
+    return json.loads(RunFolder(run_dir).evaluation_files()["metrics"].read_text())
 
 
 def score_step(data_dir: str | Path, submission_path: str | Path, class_prior) -> dict[str, float] | None:

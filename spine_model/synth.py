@@ -190,7 +190,7 @@ def _uid(*parts: int) -> str:
     return _UID_ROOT + ".".join(str(p) for p in parts)
 
 
-def _write_dicom(
+def write_dicom(
     path: Path,
     pixels: np.ndarray,
     *,
@@ -202,6 +202,7 @@ def _write_dicom(
     orientation: list[float],
     spacing: float,
 ) -> None:
+    """One uint16 MR slice as a real DICOM file (explicit VR little endian), as the Kaggle data has them."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
     meta.MediaStorageSOPInstanceUID = _uid(study_id, series_id, instance_number)
@@ -260,7 +261,7 @@ def _write_study(
         for k in range(n_slices):
             offset = (k - n_slices / 2) * 4.0
             position = [-100.0, -100.0, offset] if axial else [offset, -100.0, 100.0]
-            _write_dicom(
+            write_dicom(
                 root / images_dir(split) / str(study_id) / str(series_id) / f"{instance_of_slice[k]}.dcm",
                 stack[k],
                 study_id=study_id,

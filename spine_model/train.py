@@ -1,4 +1,9 @@
-"""The training loop: one readable function, with AMP, clipping, scheduling and checkpoints in it."""
+"""The training loop: one readable function, with AMP, clipping, scheduling and checkpoints in it.
+
+It knows models only through their family (`spine_model.families`): the family builds the model
+and the dataset, and computes the loss; batches are `(inputs, targets)` and the model is called
+as `model(*inputs)`.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +17,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from spine_model.catalog import atomic_write, checkpoint_files
 from spine_model.config import TrainConfig
 from spine_model.constants import MISSING_LABEL
-from spine_model.dataset import SpineDataset
-from spine_model.image_store import ImageStore
-from spine_model.model import SpineNet, create_model
+from spine_model.families import get_family
+from spine_model.families.base import ModelFamily
 from spine_model.split import StudySplit
+from spine_model.volumes import VolumeReader
 
 log = logging.getLogger(__name__)
 
@@ -57,27 +63,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def masked_cross_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted cross-entropy summed over labelled cells, and the sum of their weights.
-
-    logits (B, 5, 5, 3), targets (B, 25) with -1 for missing labels, which count nowhere. The
-    mean is sum / weight; returning both lets epochs average exactly across batches.
-    """
-    flat_targets = targets.reshape(-1)
-    loss_sum = F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        flat_targets,
-        weight=class_weights,
-        ignore_index=MISSING_LABEL,
-        reduction="sum",
-    )
-    labelled = flat_targets != MISSING_LABEL
-    weight_sum = class_weights[flat_targets[labelled]].sum()
-    return loss_sum, weight_sum
-
-
 def make_loader(dataset: Dataset, config: TrainConfig, shuffle: bool, device: torch.device) -> DataLoader:
     generator = torch.Generator().manual_seed(config.seed)
     return DataLoader(
@@ -91,8 +76,13 @@ def make_loader(dataset: Dataset, config: TrainConfig, shuffle: bool, device: to
     )
 
 
+def to_device(inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    return [tensor.to(device, non_blocking=True) for tensor in inputs]
+
+
 def run_epoch(
-    model: SpineNet,
+    model: nn.Module,
+    family: ModelFamily,
     loader: DataLoader,
     device: torch.device,
     class_weights: torch.Tensor,
@@ -101,19 +91,18 @@ def run_epoch(
     desc: str = "",
     progress: bool = True,
 ) -> tuple[float, float]:
-    """One pass over `loader`; trains when given an optimizer. Returns (loss, accuracy) over labelled cells."""
+    """One pass over `loader`; trains when given an optimizer. Returns (loss, accuracy) over labelled targets."""
     training = optimizer is not None
     model.train(training)
     loss_total = weight_total = 0.0
     correct = labelled = 0
     use_amp = config.amp and device.type == "cuda"
     with torch.set_grad_enabled(training):
-        for image, coords, targets in tqdm(loader, desc=desc, leave=False, disable=not progress):
-            image, coords = image.to(device, non_blocking=True), coords.to(device, non_blocking=True)
-            targets = targets.to(device, non_blocking=True)
+        for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=not progress):
+            inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(image, coords)
-            loss_sum, weight_sum = masked_cross_entropy(logits, targets, class_weights)
+                outputs = model(*inputs)
+            loss_sum, weight_sum = family.loss(outputs, targets, class_weights)
             if training and weight_sum > 0:
                 optimizer.zero_grad(set_to_none=True)
                 (loss_sum / weight_sum).backward()
@@ -121,17 +110,18 @@ def run_epoch(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
             mask = targets != MISSING_LABEL
-            correct += int((logits.argmax(-1).reshape_as(targets) == targets)[mask].sum())
+            correct += int((outputs.argmax(-1).reshape(targets.shape) == targets)[mask].sum())
             labelled += int(mask.sum())
             loss_total += float(loss_sum.detach())
             weight_total += float(weight_sum)
     if labelled == 0:
-        raise ValueError(f"{desc or 'epoch'}: no labelled cells in {len(loader.dataset)} rows")
+        raise ValueError(f"{desc or 'epoch'}: no labelled targets in {len(loader.dataset)} points")
     return loss_total / weight_total, correct / labelled
 
 
 def fit(
-    model: SpineNet,
+    model: nn.Module,
+    family: ModelFamily,
     train_loader: DataLoader,
     val_loader: DataLoader,
     config: TrainConfig,
@@ -148,18 +138,18 @@ def fit(
         optimizer, mode="min", patience=config.lr_patience, factor=config.lr_factor
     )
     if checkpoint_dir is not None:
-        checkpoint_dir = Path(checkpoint_dir)
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
+        best_path, last_path = checkpoint_files(checkpoint_dir)
     result = FitResult()
     best_state = None
     for epoch in range(1, config.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_accuracy = run_epoch(
-            model, train_loader, device, class_weights, config, optimizer, f"epoch {epoch} train", progress
+            model, family, train_loader, device, class_weights, config, optimizer, f"epoch {epoch} train", progress
         )
         val_loss, val_accuracy = run_epoch(
-            model, val_loader, device, class_weights, config, None, f"epoch {epoch} val", progress
+            model, family, val_loader, device, class_weights, config, None, f"epoch {epoch} val", progress
         )
         scheduler.step(val_loss)
         stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - started)
@@ -172,9 +162,9 @@ def fit(
             result.best_epoch, result.best_val_loss = epoch, val_loss
             best_state = copy.deepcopy(model.state_dict())
             if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir / "best.pt", model, config, epoch, val_loss)
+                save_checkpoint(best_path, model, config, epoch, val_loss)
         if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir / "last.pt", model, config, epoch, val_loss)
+            save_checkpoint(last_path, model, config, epoch, val_loss)
         if on_epoch_end is not None:
             on_epoch_end(stats)
     if config.restore_best and best_state is not None:
@@ -182,17 +172,23 @@ def fit(
     return result
 
 
-def save_checkpoint(path: Path, model: SpineNet, config: TrainConfig, epoch: int, val_loss: float) -> None:
-    """A self-describing checkpoint: weights plus the config that rebuilds the model."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save({"state_dict": state, "config": config.model_dump(), "epoch": epoch, "val_loss": val_loss}, path)
+def save_checkpoint(path: Path, model: nn.Module, config: TrainConfig, epoch: int, val_loss: float) -> None:
+    """A self-describing checkpoint: weights plus the config (family included) that rebuilds the model."""
+    payload = {
+        "model_family": config.model_family,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config.model_dump(),
+        "epoch": epoch,
+        "val_loss": val_loss,
+    }
+    atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[SpineNet, TrainConfig]:
-    """Rebuild a model from a checkpoint written by `save_checkpoint`."""
+def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[nn.Module, TrainConfig]:
+    """Rebuild a model of any family from a checkpoint written by `save_checkpoint`."""
     payload = torch.load(path, map_location=device, weights_only=True)
     config = TrainConfig(**payload["config"])
-    model = create_model(config.backbone, pretrained=False, image_size=config.image_size)
+    model = get_family(config.model_family).create_model(config, pretrained=False)
     model.load_state_dict(payload["state_dict"])
     return model, config
 
@@ -202,39 +198,32 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
 
 
-def build_loaders(
-    table: pd.DataFrame, split: StudySplit, store: ImageStore, config: TrainConfig
-) -> tuple[DataLoader, DataLoader]:
-    """Train (shuffled) and validation loaders over the long table's rows of each split."""
-    device = resolve_device(config.device)
-    train_rows = table[table["study_id"].isin(split.train_study_ids)]
-    val_rows = table[table["study_id"].isin(split.val_study_ids)]
-    if train_rows.empty or val_rows.empty:
-        raise ValueError(f"empty split: {len(train_rows)} train rows, {len(val_rows)} validation rows")
-    return (
-        make_loader(SpineDataset(train_rows, store, config.image_size, config.augment), config, True, device),
-        make_loader(SpineDataset(val_rows, store, config.image_size), config, False, device),
-    )
-
-
-def train_spinenet(
-    table: pd.DataFrame,
+def train_model(
+    points: pd.DataFrame,
     split: StudySplit,
-    store: ImageStore,
+    store: VolumeReader,
     config: TrainConfig,
     checkpoint_dir: str | Path | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
     allow_download: bool = True,
-) -> tuple[SpineNet, FitResult]:
-    """Build SpineNet from `config` and fit it on the split's rows; returns the model and history."""
+) -> tuple[nn.Module, FitResult]:
+    """Build the config's model family and fit it on the split's points; returns the model and history.
+
+    points: located training points (see volumes.locate_points) of both sides of the split.
+    """
+    family = get_family(config.model_family)
     seed_everything(config.seed)
-    model = create_model(config.backbone, config.pretrained, config.image_size, allow_download)
-    train_loader, val_loader = build_loaders(table, split, store, config)
+    model = family.create_model(config, config.pretrained, allow_download)
+    train_points, val_points = split.select(points, "train"), split.select(points, "val")
+    if train_points.empty or val_points.empty:
+        raise ValueError(f"empty split: {len(train_points)} train points, {len(val_points)} validation points")
+    device = resolve_device(config.device)
+    train_loader = make_loader(family.dataset(train_points, store, config, train=True), config, True, device)
+    val_loader = make_loader(family.dataset(val_points, store, config, train=False), config, False, device)
     log.info(
-        "training %s (%s) on %s: %d train rows, %d val rows",
-        type(model).__name__, config.backbone, resolve_device(config.device),
-        len(train_loader.dataset), len(val_loader.dataset),
+        "training %s on %s: %d train points, %d validation points",
+        family.describe(config), device, len(train_points), len(val_points),
     )  # fmt: skip
-    result = fit(model, train_loader, val_loader, config, checkpoint_dir, on_epoch_end, progress)
+    result = fit(model, family, train_loader, val_loader, config, checkpoint_dir, on_epoch_end, progress)
     return model, result

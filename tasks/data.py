@@ -1,25 +1,29 @@
-"""Data tasks: ingest and split are cached on their inputs' content; preprocessing retries."""
+"""Data tasks: ingest and the volume store are cached on their inputs; the store also resumes on its own."""
 
 from __future__ import annotations
 
 import hashlib
+import sys
 from datetime import timedelta
 from pathlib import Path
 
-from prefect import task
+import pandas as pd
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
+from spine_model.catalog import DatasetCache, StoreFiles, file_fingerprint
+from spine_model.config import TrainConfig
 from spine_model.constants import COORDINATES_CSV, TRAIN_CSV, series_descriptions_csv
-from spine_model.split import StudySplit
 from spine_model.steps import (
     IngestOutputs,
-    PreprocessOutputs,
-    index_step,
+    PreparedRun,
     ingest_step,
-    preprocess_step,
-    split_step,
+    prepare_run,
+    series_to_store,
+    store_step,
 )
-from spine_model.workspace import file_fingerprint
+from spine_model.volumes import StoreReport, sources_fingerprint
 
 CACHE_FOR = timedelta(days=30)
 
@@ -37,17 +41,6 @@ def ingest_cache_key(context: TaskRunContext, parameters: dict) -> str:
     return _key("ingest", data_dir, out_dir, *inputs)
 
 
-def split_cache_key(context: TaskRunContext, parameters: dict) -> str:
-    return _key(
-        "split", file_fingerprint(parameters["table_path"]), parameters["val_fraction"], parameters["seed"],
-        Path(parameters["out_path"]).resolve(),
-    )  # fmt: skip
-
-
-def index_cache_key(context: TaskRunContext, parameters: dict) -> str:
-    return _key("index-slices", file_fingerprint(parameters["table_path"]), Path(parameters["out_path"]).resolve())
-
-
 @task(
     name="ingest",
     cache_key_fn=ingest_cache_key,
@@ -57,42 +50,75 @@ def index_cache_key(context: TaskRunContext, parameters: dict) -> str:
     retry_delay_seconds=5,
 )
 def ingest_task(data_dir: str, out_dir: str) -> IngestOutputs:
-    """Kaggle CSVs -> long table and per-study labels (parquet)."""
-    return ingest_step(data_dir, out_dir)
-
-
-@task(name="split", cache_key_fn=split_cache_key, cache_expiration=CACHE_FOR, persist_result=True)
-def split_task(table_path: str, val_fraction: float, seed: int, out_path: str) -> StudySplit:
-    """Study-grouped train/validation split."""
-    return split_step(table_path, val_fraction, seed, out_path)
-
-
-@task(name="index-slices", cache_key_fn=index_cache_key, cache_expiration=CACHE_FOR, persist_result=True, retries=2)
-def index_slices_task(data_dir: str, table_path: str, out_path: str, workers: int | None = None) -> str:
-    """Slice order of every file of the labelled series (DICOM headers only)."""
-    return index_step(data_dir, table_path, out_path, workers)
-
-
-@task(name="preprocess", retries=2, retry_delay_seconds=5)
-def preprocess_task(
-    data_dir: str, table_path: str, store_root: str, image_size: int, out_table_path: str, workers: int | None = None
-) -> PreprocessOutputs:
-    """DICOM -> 8-bit PNG store; idempotent per file, so a rerun only converts what is missing."""
-    return preprocess_step(data_dir, table_path, store_root, image_size, out_table_path, workers)
+    """Kaggle CSVs -> long table and per-study labels (parquet) in the data's cache folder."""
+    return ingest_step(data_dir, DatasetCache(out_dir))
 
 
 def ingest(data_dir: str, out_dir: str, **call_options) -> IngestOutputs:
     """ingest_task, cached unless its output files went missing since."""
-    missing = not all((Path(out_dir) / name).is_file() for name in ("train_long.parquet", "train_labels.parquet"))
+    cache = DatasetCache(out_dir)
+    missing = not (cache.long_table.is_file() and cache.labels.is_file())
     return ingest_task.with_options(refresh_cache=missing)(data_dir, out_dir, **call_options)
 
 
-def split(table_path: str, val_fraction: float, seed: int, out_path: str) -> StudySplit:
-    """split_task, cached unless its output file went missing since."""
-    return split_task.with_options(refresh_cache=not Path(out_path).is_file())(table_path, val_fraction, seed, out_path)
+@task(name="read-tables", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def read_tables_task(ingested: IngestOutputs) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(long table, labels), read once for the steps of this flow run."""
+    return ingested.read()
 
 
-def index_slices(data_dir: str, table_path: str, out_path: str, workers: int | None = None) -> str:
-    """index_slices_task, cached unless its output file went missing since."""
-    missing = not Path(out_path).is_file()
-    return index_slices_task.with_options(refresh_cache=missing)(data_dir, table_path, out_path, workers)
+def store_cache_key(context: TaskRunContext, parameters: dict) -> str:
+    """Changes with the series to store and with any of their DICOM files (one stat per file)."""
+    data_dir, split = parameters["data_dir"], parameters["split"]
+    series = series_to_store(data_dir, split, parameters.get("table"))
+    return _key(
+        "volume-store", Path(parameters["store_root"]).resolve(), parameters["size"],
+        sources_fingerprint(data_dir, split, series),
+    )  # fmt: skip
+
+
+@task(
+    name="build-volume-store",
+    cache_key_fn=store_cache_key,
+    cache_expiration=CACHE_FOR,
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=5,
+)
+def store_task(
+    data_dir: str, split: str, store_root: str, size: int, workers: int | None = None, table: pd.DataFrame | None = None
+) -> StoreReport:
+    """DICOM -> the split's volume store (the table's series, else every listed one); resumes where it stopped."""
+    series = series_to_store(data_dir, split, table)
+    report = store_step(data_dir, split, series, store_root, size, workers, progress=sys.stderr.isatty())
+    get_run_logger().info(report.describe())
+    return report
+
+
+def volume_store(
+    data_dir: str,
+    split: str,
+    store_root: str,
+    size: int,
+    workers: int | None = None,
+    table: pd.DataFrame | None = None,
+    **call_options,
+) -> StoreReport:
+    """store_task, cached unless the store's index went missing since."""
+    missing = not StoreFiles(store_root).index.is_file()
+    return store_task.with_options(refresh_cache=missing)(
+        data_dir, split, store_root, size, workers, table, **call_options
+    )
+
+
+@task(name="prepare-run", cache_policy=NO_CACHE)
+def prepare_run_task(
+    data_dir: str,
+    ingested: IngestOutputs,
+    tables: tuple[pd.DataFrame, pd.DataFrame],
+    store: StoreReport,
+    config: TrainConfig,
+    run_dir: str,
+) -> PreparedRun:
+    """Points on the store, study split, priors: the run folder the training flow reads."""
+    return prepare_run(data_dir, ingested, *tables, store, config, run_dir)

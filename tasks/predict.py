@@ -6,24 +6,31 @@ from pathlib import Path
 
 import pandas as pd
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from spine_model.inference import inference_frame
-from spine_model.ingest import write_table
 from spine_model.steps import score_step
-from spine_model.tracking.pyfunc import predict_with_model
+from spine_model.tracking.pyfunc import load_serving_model, predict_with_model, serving_store_size
 
 
 @task(name="inference-frame", retries=2, retry_delay_seconds=5)
-def inference_frame_task(data_dir: str, split: str, use_coordinates: bool, out_path: str) -> str:
+def inference_frame_task(data_dir: str, split: str, use_coordinates: bool) -> pd.DataFrame:
     frame = inference_frame(data_dir, split, use_coordinates)
     get_run_logger().info("%d image(s) of %d studies to predict", len(frame), frame["study_id"].nunique())
-    return str(write_table(frame, out_path))
+    return frame
 
 
-@task(name="predict")
-def predict_task(model_uri: str, frame_path: str, out_path: str, tracking_uri: str) -> dict:
+@task(name="model-store-size", retries=2, retry_delay_seconds=5)
+def store_size_task(model_uri: str, tracking_uri: str) -> int:
+    """The volume store size the model reads (its metadata; the model itself is not loaded)."""
+    return serving_store_size(model_uri, tracking_uri)
+
+
+@task(name="predict", cache_policy=NO_CACHE)
+def predict_task(model_uri: str, frame: pd.DataFrame, store_root: str, out_path: str, tracking_uri: str) -> dict:
     """Write the submission CSV; returns its path and the model's class prior (for the baseline)."""
-    submission, prior = predict_with_model(model_uri, pd.read_parquet(frame_path), tracking_uri)
+    model = load_serving_model(model_uri, tracking_uri)
+    submission, prior = predict_with_model(model, frame, store_root)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     submission.to_csv(out_path, index=False)
     return {"submission": out_path, "rows": len(submission), "class_prior": prior.tolist()}

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
+
+from spine_model.catalog import RunFolder
 
 
 @task(name="publish-summary")
 def publish_summary_task(run_dir: str, mlflow_link: str, model_uris: dict[str, str] | None = None) -> str:
     """A Markdown artifact with scores, prior baseline, per-condition table and where to look next."""
-    summary = (Path(run_dir) / "evaluation" / "summary.md").read_text()
+    folder = RunFolder(run_dir)
+    summary = folder.evaluation_files()["summary_markdown"].read_text()
     markdown = (
-        f"# Spine training run `{Path(run_dir).name}`\n\n{summary}\n\n"
+        f"# Spine training run `{folder.name}`\n\n{summary}\n\n"
         f"**MLflow:** {mlflow_link}\n\n**Run folder:** `{run_dir}`\n"
         + "".join(f"\n**{name}:** `{uri}`\n" for name, uri in (model_uris or {}).items())
     )

@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from spine_model import tracking
-from spine_model.steps import log_run_outputs
+from spine_model.steps import RunInputs, log_run_outputs
 
 RETRIES = {"retries": 3, "retry_delay_seconds": 5}
 
@@ -27,10 +28,10 @@ def set_tags_task(run_id: str, tags: dict[str, Any], tracking_uri: str) -> None:
     tracking.set_tags(run_id, tags, tracking_uri)
 
 
-@task(name="log-results", **RETRIES)
-def log_results_task(run_id: str, run_dir: str, tracking_uri: str) -> dict[str, str]:
-    """Metrics, reports, plots, split, config, weights, the PyTorch and serving models; returns their URIs."""
-    return log_run_outputs(run_id, run_dir, tracking_uri)
+@task(name="log-results", cache_policy=NO_CACHE, **RETRIES)
+def log_results_task(run_id: str, run: RunInputs, tracking_uri: str) -> dict[str, str]:
+    """Metrics, reports, plots, record, priors, weights, the PyTorch and serving models; returns their URIs."""
+    return log_run_outputs(run_id, run, tracking_uri)
 
 
 @task(name="end-mlflow-run", **RETRIES)

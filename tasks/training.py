@@ -6,18 +6,24 @@ import sys
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
 
 from spine_model import tracking
-from spine_model.steps import evaluate_step, priors_step, train_step
+from spine_model.steps import RunInputs, evaluate_step, train_step
 from spine_model.train import EpochStats
-from spine_model.workspace import RunRecord
 
 
-@task(name="train")
-def train_task(run_dir: str, mlflow_run_id: str, tracking_uri: str) -> dict[str, float]:
-    """Fit the model of run_dir/run.json; every epoch goes to MLflow (step = epoch) and the progress bar."""
+@task(name="load-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def load_run_task(run_dir: str) -> RunInputs:
+    """The run folder's record, points, labels and volume store, read once for this flow run."""
+    return RunInputs.load(run_dir)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str) -> dict[str, float]:
+    """Fit the run's model; every epoch goes to MLflow (step = epoch) and the progress bar."""
     logger = get_run_logger()
-    epochs = RunRecord.load(run_dir).config.epochs
+    epochs = run.record.config.epochs
     progress_id = create_progress_artifact(0.0, key="spine-training-progress", description=f"training: {epochs} epochs")
 
     def on_epoch_end(stats: EpochStats) -> None:
@@ -27,19 +33,13 @@ def train_task(run_dir: str, mlflow_run_id: str, tracking_uri: str) -> dict[str,
         logger.info("epoch %d/%d: %s", stats.epoch, epochs, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     # Batch progress bars when a person watches a terminal; worker logs get the per-epoch lines.
-    result = train_step(run_dir, on_epoch_end, progress=sys.stderr.isatty())
+    result = train_step(run, on_epoch_end, progress=sys.stderr.isatty())
     return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}
 
 
-@task(name="evaluate")
-def evaluate_task(run_dir: str) -> dict[str, float]:
-    """Score the best checkpoint on the validation split; reports and plots land in run_dir/evaluation."""
-    evaluation, _ = evaluate_step(run_dir, progress=False)
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(run: RunInputs) -> dict[str, float]:
+    """Score the best checkpoint on the validation split; reports and plots land in the run's evaluation/."""
+    evaluation, _ = evaluate_step(run, progress=False)
     get_run_logger().info("evaluation\n%s", evaluation.describe())
     return evaluation.metrics()
-
-
-@task(name="fit-priors")
-def priors_task(run_dir: str) -> str:
-    """Coordinate prior (slice and point per condition x level) and class prior of the training split."""
-    return str(priors_step(run_dir))

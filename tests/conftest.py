@@ -37,6 +37,24 @@ def tiny_copy(tiny_data: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_store(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny dataset ingested and stored at 32 px: (located points, labels, VolumeStore, StudySplit)."""
+    from spine_model.ingest import build_long_table
+    from spine_model.split import split_by_study
+    from spine_model.steps import series_to_store
+    from spine_model.volumes import VolumeStore, build_volume_store, locate_points
+
+    ingested = build_long_table(tiny_data)
+    root = tmp_path_factory.mktemp("tiny_store")
+    series = series_to_store(tiny_data, "train", ingested.table)
+    build_volume_store(tiny_data, "train", series, root, size=32, workers=1, progress=False)
+    store = VolumeStore(root)
+    points, unplaced = locate_points(ingested.table, store.index, store.size)
+    assert unplaced.empty
+    return points, ingested.labels, store, split_by_study(points, 0.25, 42)
+
+
+@pytest.fixture(scope="session")
 def prefect_harness():
     """One temporary Prefect server for the whole session (it takes ~20 s to start)."""
     from prefect.testing.utilities import prefect_test_harness
@@ -46,6 +64,7 @@ def prefect_harness():
 
 
 TINY_TRAIN = {
-    "image_size": 32, "epochs": 2, "batch_size": 16, "num_workers": 0, "pretrained": False,
-    "val_fraction": 0.25, "lr": 1e-3, "preprocess_workers": 1,
+    "store_size": 32, "image_size": 32, "crop_size": 16, "epochs": 2, "batch_size": 16, "num_workers": 0,
+    "pretrained": False, "val_fraction": 0.25, "lr": 1e-3, "preprocess_workers": 1,
 }  # fmt: skip
+FAMILIES = ("seed", "crops")

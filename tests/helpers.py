@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
-import pandas as pd
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from flows.config import PipelineConfig
-from spine_model.dataset import SpineDataset
-from spine_model.image_store import PngImageStore
+from spine_model.families import get_family
+from spine_model.steps import RunInputs
 from spine_model.train import load_checkpoint
-from spine_model.workspace import RunRecord
 
 
 def _artifact_paths(client: mlflow.MlflowClient, run_id: str, path: str | None = None) -> set[str]:
@@ -23,7 +20,7 @@ def _artifact_paths(client: mlflow.MlflowClient, run_id: str, path: str | None =
     return found
 
 
-def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineConfig) -> None:
+def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineConfig, run_dir: str) -> None:
     """Params, per-epoch metrics, final metrics, reports, plots, weights and a model that reloads."""
     client = mlflow.MlflowClient(tracking_uri)
     run = client.get_run(run_id)
@@ -32,7 +29,9 @@ def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineC
     for field in PipelineConfig.model_fields:
         assert field in params, field
     assert params["epochs"] == str(config.epochs) and params["dispatch"] == config.dispatch
-    assert int(params["data_train_studies"]) > 0 and int(params["data_val_rows"]) > 0
+    assert params["model_family"] == config.model_family
+    assert params["model_summary"].startswith(config.model_family)
+    assert int(params["data_train_studies"]) > 0 and int(params["data_val_points"]) > 0
     assert "data_train_labels_severe" in params
     for key in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr"):
         history = client.get_metric_history(run_id, key)
@@ -56,23 +55,22 @@ def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineC
         "reports/classification_reports.txt",
         "plots/confusion_matrix.png",
         "plots/training_curves.png",
-        "run/split.json",
         "run/run.json",
+        "run/priors.json",
         "weights/best.pt",
     ):
         assert expected in artifacts, (expected, sorted(artifacts))
 
-    # The logged model predicts a real batch exactly as the trained weights do.
-    run_dir = Path(client.download_artifacts(run_id, "run"))
-    record = RunRecord.load(run_dir)
-    weights = client.download_artifacts(run_id, "weights/best.pt")
-    trained, model_config = load_checkpoint(weights)
-    rows = pd.read_parquet(record.table_path)
-    rows = rows[rows["study_id"].isin(record.split.val_study_ids)]
-    batch = next(
-        iter(DataLoader(SpineDataset(rows, PngImageStore(record.store_root), model_config.image_size), batch_size=4))
-    )
+    # The logged model predicts a real batch of validation points exactly as the trained weights do.
+    trained, model_config = load_checkpoint(client.download_artifacts(run_id, "weights/best.pt"))
+    assert model_config.model_family == config.model_family
+    run_inputs = RunInputs.load(run_dir)
+    points = run_inputs.record.split.select(run_inputs.points, "val")
+    dataset = get_family(model_config.model_family).dataset(points, run_inputs.store, model_config, train=False)
+    inputs, _ = next(iter(DataLoader(dataset, batch_size=4)))
     mlflow.set_tracking_uri(tracking_uri)
     logged = mlflow.pytorch.load_model(run.data.tags["model_uri"])
     with torch.no_grad():
-        torch.testing.assert_close(logged(batch[0], batch[1]), trained.eval()(batch[0], batch[1]))
+        expected = trained.eval()(*inputs)
+        torch.testing.assert_close(logged(*inputs), expected)
+    assert np.isfinite(expected.numpy()).all()

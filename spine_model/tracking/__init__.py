@@ -127,35 +127,28 @@ def active_run(run_id: str, tracking_uri: str | None = None) -> Iterator[None]:
     client(tracking_uri).update_run(run_id, status="RUNNING")
 
 
-def log_pytorch_model(model, example_image: np.ndarray, example_coords: np.ndarray, name: str = "model") -> str:
+def log_pytorch_model(model, example_inputs: Mapping[str, np.ndarray], name: str = "model") -> str:
     """Log `model` into the active run with mlflow.pytorch (torch.export format); returns its URI.
 
-    A two-input model needs an explicit TensorSpec signature plus an input example for MLflow
-    3.14+'s torch.export serialisation; then mlflow.pytorch.load_model(uri)(image, coords) gives
-    the same outputs as the live model.
+    example_inputs: the model's positional inputs by name, in order (a model family's
+    `input_names`), batch first. MLflow 3.14+'s torch.export serialisation of a multi-input model
+    needs an explicit TensorSpec signature plus an input example; then
+    mlflow.pytorch.load_model(uri)(*inputs) gives the same outputs as the live model.
     """
     import mlflow
     import torch
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    example_image = np.ascontiguousarray(example_image, dtype=np.float32)
-    example_coords = np.ascontiguousarray(example_coords, dtype=np.float32)
+    examples = {key: np.ascontiguousarray(value) for key, value in example_inputs.items()}
     model = model.to("cpu").eval()
     with torch.no_grad():
-        example_output = model(torch.from_numpy(example_image), torch.from_numpy(example_coords))
+        example_output = model(*(torch.from_numpy(value) for value in examples.values()))
     signature = ModelSignature(
-        inputs=Schema(
-            [
-                TensorSpec(np.dtype("float32"), (-1, *example_image.shape[1:]), "image"),
-                TensorSpec(np.dtype("float32"), (-1, 2), "coords"),
-            ]
-        ),
+        inputs=Schema([TensorSpec(value.dtype, (-1, *value.shape[1:]), key) for key, value in examples.items()]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example_output.shape[1:]))]),
     )
-    info = mlflow.pytorch.log_model(
-        model, name=name, signature=signature, input_example=[example_image, example_coords]
-    )
+    info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=list(examples.values()))
     return info.model_uri
 
 

@@ -1,8 +1,11 @@
 """The serving model: an MLflow pyfunc that turns a frame of image references into submission rows.
 
 Input columns: study_id, series_id, instance_number, image_path (a DICOM file the server can
-read), and optional series_description, x, y. Output: row_id, normal_mild, moderate, severe, 25
-rows per study. It loads with `mlflow.pyfunc.load_model` and serves with `mlflow models serve`.
+read), and optional series_description, x, y, condition, level. Output: row_id, normal_mild,
+moderate, severe, 25 rows per study. Works for every model family. It loads with
+`mlflow.pyfunc.load_model` and serves with `mlflow models serve`. The optional param
+`volume_store` names a volume store built beforehand (`spine preprocess --split test`); without
+it the model decodes the frame's DICOM files itself, through the same code.
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 from mlflow.models import ModelSignature
-from mlflow.types import ColSpec, Schema
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from spine_model.constants import SEVERITY_COLUMNS
 
 PYFUNC_NAME = "spine-net"
+STORE_SIZE = "store_size"
 SIGNATURE = ModelSignature(
     inputs=Schema(
         [
@@ -28,15 +32,18 @@ SIGNATURE = ModelSignature(
             ColSpec("string", "series_description", required=False),
             ColSpec("double", "x", required=False),
             ColSpec("double", "y", required=False),
+            ColSpec("string", "condition", required=False),
+            ColSpec("string", "level", required=False),
         ]
     ),
     outputs=Schema([ColSpec("string", "row_id"), *(ColSpec("double", column) for column in SEVERITY_COLUMNS)]),
+    params=ParamSchema([ParamSpec("volume_store", "string", "")]),
 )
 _REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "scikit-learn", "pydicom", "pillow", "tqdm")
 
 
-class SpineNetModel(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper around spine_model.inference.Predictor."""
+class SpineModel(mlflow.pyfunc.PythonModel):
+    """pyfunc wrapper around spine_model.inference.Predictor (any model family)."""
 
     def load_context(self, context) -> None:
         from spine_model.inference import Predictor
@@ -44,37 +51,61 @@ class SpineNetModel(mlflow.pyfunc.PythonModel):
         self.predictor = Predictor.load(context.artifacts["weights"], context.artifacts["priors"])
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        return self.predictor.predict(model_input)
+        from spine_model.volumes import VolumeStore
+
+        store_root = (params or {}).get("volume_store")
+        return self.predictor.predict(model_input, VolumeStore(store_root) if store_root else None)
 
 
-def log_pyfunc_model(checkpoint: Path, priors: Path, input_example: pd.DataFrame, name: str = PYFUNC_NAME) -> str:
+def log_pyfunc_model(
+    checkpoint: Path, priors: Path, input_example: pd.DataFrame, store_size: int, name: str = PYFUNC_NAME
+) -> str:
     """Log the serving model into the active MLflow run (the caller opens it); returns its URI.
 
     The library's code travels with the model (code_paths), so a serving host needs only the
-    pinned requirements, not this repository.
+    pinned requirements, not this repository. The model's metadata records the volume store size it
+    reads (see `serving_store_size`).
     """
     requirements = [f"{package}=={metadata.version(package).split('+')[0]}" for package in _REQUIREMENTS]
     info = mlflow.pyfunc.log_model(
         name=name,
-        python_model=SpineNetModel(),
+        python_model=SpineModel(),
         artifacts={"weights": str(checkpoint), "priors": str(priors)},
         signature=SIGNATURE,
         input_example=input_example,
         code_paths=[str(Path(__file__).resolve().parents[1])],
         pip_requirements=requirements,
+        metadata={STORE_SIZE: store_size},
     )
     return info.model_uri
 
 
-def predict_with_model(model_uri: str, frame: pd.DataFrame, tracking_uri: str | None = None):
-    """Load a serving model (e.g. models:/spine-net@champion) and predict `frame`.
+def serving_store_size(model_uri: str, tracking_uri: str | None = None) -> int:
+    """The volume store size a serving model reads, from its metadata (without loading the model)."""
+    from mlflow.models import get_model_info
+
+    from spine_model.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    metadata = get_model_info(model_uri).metadata or {}
+    if STORE_SIZE not in metadata:
+        raise ValueError(f"{model_uri} records no {STORE_SIZE}: it was logged before volume stores; retrain it")
+    return int(metadata[STORE_SIZE])
+
+
+def load_serving_model(model_uri: str, tracking_uri: str | None = None):
+    """A serving model (e.g. models:/spine-net@champion), loaded."""
+    from spine_model.tracking import resolve_tracking_uri
+
+    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
+    return mlflow.pyfunc.load_model(model_uri)
+
+
+def predict_with_model(loaded, frame: pd.DataFrame, volume_store: str | None = None):
+    """Predict `frame` with a loaded serving model, reading pixels from `volume_store` when given.
 
     Returns (submission, class prior of its training split) so that callers can print the
     model's score beside the prior baseline's.
     """
-    from spine_model.tracking import resolve_tracking_uri
-
-    mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    loaded = mlflow.pyfunc.load_model(model_uri)
-    submission = loaded.predict(frame)
+    submission = loaded.predict(frame, params={"volume_store": str(volume_store)} if volume_store else None)
     return submission, loaded.unwrap_python_model().predictor.class_prior

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from spine_model.compare import METRICS, SETTINGS, VAL_FINGERPRINT, Decision, decide
+from spine_model.compare import METRICS, SETTINGS, VAL_FINGERPRINT, Decision, decide, servable
 from spine_model.tracking import client, resolve_tracking_uri
 
 MODEL_NAME = "spine-net"
@@ -16,6 +16,7 @@ def _record(run) -> dict:
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,
         "start_time": run.info.start_time,
+        "end_time": run.info.end_time,
         "experiment_id": run.info.experiment_id,
         **{key: run.data.metrics.get(key) for key in METRICS},
         **{key: run.data.params.get(key) for key in (*SETTINGS, VAL_FINGERPRINT)},
@@ -27,7 +28,7 @@ def finished_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFr
     """Every FINISHED run of the experiment with its scores, settings and serving model URI."""
     mlflow_client = client(tracking_uri)
     found = mlflow_client.get_experiment_by_name(experiment)
-    columns = ["run_id", "run_name", "start_time", "experiment_id", *METRICS, *SETTINGS, VAL_FINGERPRINT]
+    columns = ["run_id", "run_name", "start_time", "end_time", "experiment_id", *METRICS, *SETTINGS, VAL_FINGERPRINT]
     if found is None:
         return pd.DataFrame(columns=[*columns, "serving_model_uri"])
     runs = mlflow_client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
@@ -56,12 +57,16 @@ def alias_run_id(alias: str, name: str = MODEL_NAME, tracking_uri: str | None = 
         return None
 
 
-def update_aliases(ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None) -> Decision:
-    """Register the best and the newest run; `challenger` -> newest, `champion` -> best if it wins.
+def update_aliases(ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None) -> Decision | None:
+    """Register the best and the newest servable run; `challenger` -> newest, `champion` -> best if it wins.
 
     The champion only moves when the best run beats it on the same validation studies; the
-    decision and both scores are written as tags on the candidate's model version.
+    decision and both scores are written as tags on the candidate's model version. None when no
+    ranked run has a serving model.
     """
+    ranked = servable(ranked)
+    if ranked.empty:
+        return None
     mlflow_client = client(tracking_uri)
     best = ranked.iloc[0]
     newest = ranked.sort_values("start_time").iloc[-1]

@@ -53,3 +53,22 @@ def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path):
     result = runner.invoke(app, ["evaluate", str(tmp_path)])
     assert result.exit_code == 1
     assert "not a run folder" in result.output
+
+
+def test_preprocess_builds_the_volume_store_once(tiny_data, tmp_path):
+    args = ["preprocess", str(tiny_data), "--split", "test", "--store-size", "32", "--workers", "1"]
+    result = runner.invoke(app, [*args, "--workdir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    n_series = len(pd.read_csv(tiny_data / "test_series_descriptions.csv"))
+    assert f"{n_series} series, {n_series} written" in result.output
+    again = runner.invoke(app, [*args, "--workdir", str(tmp_path)])
+    assert f"0 written, {n_series} already done" in again.output
+    assert list(tmp_path.glob("cache/*/volumes_test_32/index.parquet"))
+
+
+def test_train_rejects_settings_its_family_cannot_use(tiny_data, tmp_path):
+    result = runner.invoke(app, ["train", str(tiny_data), "--model-family", "seed", "--backbone", "efficientnet_b0"])
+    assert result.exit_code == 1
+    assert "needs a ResNet backbone" in result.output and "Traceback" not in result.output
+    result = runner.invoke(app, ["train", str(tiny_data), "--model-family", "nope"])
+    assert result.exit_code != 0 and "nope" in result.output

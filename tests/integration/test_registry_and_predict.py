@@ -56,13 +56,13 @@ def runs(prefect_harness, mlflow_server, data, tmp_path_factory):
 
     common = {
         "data_dir": str(data), "workdir": str(tmp_path_factory.mktemp("out")), "tracking_uri": mlflow_server.mlflow_url,
-        "experiment": EXPERIMENT, "image_size": 48, "batch_size": 32, "num_workers": 0, "pretrained": False,
-        "val_fraction": 0.25, "preprocess_workers": 1,
+        "experiment": EXPERIMENT, "store_size": 48, "image_size": 48, "crop_size": 24, "batch_size": 32,
+        "num_workers": 0, "pretrained": False, "val_fraction": 0.25, "preprocess_workers": 1,
     }  # fmt: skip
     client = mlflow.MlflowClient(mlflow_server.mlflow_url)
     results, aliases = {}, {}
-    settings = {
-        "a": {"epochs": 3, "lr": 1e-3, "augment": True},
+    settings = {  # runs of both families compete in one ranking
+        "a": {"model_family": "crops", "epochs": 3, "lr": 1e-3, "augment": True},
         "b": {"epochs": 1, "lr": 3e-3},
         "c": {"epochs": 1, "lr": 5.0},  # a learning rate that wrecks the model
     }

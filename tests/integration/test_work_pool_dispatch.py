@@ -15,6 +15,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.config import PipelineConfig
 from flows.stack import LocalStack, free_port
+from spine_model.catalog import Workspace
 from tests.conftest import TINY_TRAIN
 from tests.helpers import assert_complete_mlflow_run
 
@@ -36,7 +37,7 @@ def stack(tmp_path_factory):
 def test_pipeline_dispatches_training_to_the_gpu_pool(stack, tiny_data, tmp_path):
     config = PipelineConfig(
         data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=stack.mlflow_url,
-        dispatch="work-pool", dispatch_timeout_s=600, **TINY_TRAIN,
+        dispatch="work-pool", dispatch_timeout_s=600, model_family="crops", **TINY_TRAIN,
     )  # fmt: skip
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
         parent = run_deployment(
@@ -65,5 +66,6 @@ def test_pipeline_dispatches_training_to_the_gpu_pool(stack, tiny_data, tmp_path
     assert run.data.tags["prefect.deployment"] == "spine-pipeline"
     assert run.data.tags["prefect.train_deployment"] == "spine-train-gpu"
     assert run.data.tags["prefect.ui_link"].startswith(stack.ui_url)
-    assert_complete_mlflow_run(stack.mlflow_url, run.info.run_id, config)
+    run_dir = Workspace(config.workdir).run(run.info.run_name).root
+    assert_complete_mlflow_run(stack.mlflow_url, run.info.run_id, config, str(run_dir))
     assert not stack.dead(), stack.dead()

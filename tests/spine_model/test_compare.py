@@ -1,6 +1,6 @@
 import pandas as pd
 
-from spine_model.compare import comparison_table, decide, markdown_table, rank_runs
+from spine_model.compare import comparison_table, decide, markdown_table, rank_runs, servable
 
 
 def _runs(*rows):
@@ -9,25 +9,41 @@ def _runs(*rows):
         "val_normal_mild_f1": 0.8, "val_moderate_f1": 0.2, "val_severe_f1": 0.1, "backbone": "resnet18",
         "image_size": "64", "pretrained": "False", "epochs": "2", "lr": "0.001", "batch_size": "16",
         "augment": "True", "data_val_studies_sha": "abc", "serving_model_uri": "models:/m-1",
+        "model_family": "seed", "model_summary": None, "end_time": None,
     }  # fmt: skip
     return pd.DataFrame([{**base, **row} for row in rows])
 
 
-def test_rank_runs_best_first_and_skips_unscored_or_modelless_runs():
+def test_rank_runs_best_first_and_only_servable_runs_can_be_champion():
     runs = _runs(
         {"run_id": "a", "val_competition_score": 0.9, "start_time": 1},
-        {"run_id": "b", "val_competition_score": 0.7, "start_time": 2},
+        {"run_id": "b", "val_competition_score": 0.7, "start_time": 2, "end_time": 2 + 90_000},
         {"run_id": "c", "val_competition_score": None, "start_time": 3},
-        {"run_id": "d", "val_competition_score": 0.5, "start_time": 4, "serving_model_uri": None},
-        {"run_id": "e", "val_competition_score": 0.7, "start_time": 5},
-    )
+        {"run_id": "d", "val_competition_score": 1.2, "start_time": 4, "serving_model_uri": None,
+         "model_family": "prior", "model_summary": "class prior of the train split", "epochs": None},
+        {"run_id": "e", "val_competition_score": 0.7, "start_time": 5,
+         "model_family": "crops", "model_summary": "crops resnet18 5x32px channels"},
+    )  # fmt: skip
     ranked = rank_runs(runs)
-    assert ranked["run_id"].tolist() == ["e", "b", "a"]  # ties: newest first
-    assert ranked["rank"].tolist() == [1, 2, 3]
-    table = comparison_table(ranked)
-    assert list(table.columns)[:5] == ["rank", "run_id", "name", "settings", "score"]
-    assert table.loc[0, "settings"] == "resnet18 64px 2ep lr=0.001 bs=16 augment"
-    assert "| 1 | e |" in markdown_table(table)
+    assert ranked["run_id"].tolist() == ["e", "b", "a", "d"]  # ties: newest first; unscored runs left out
+    assert ranked["rank"].tolist() == [1, 2, 3, 4]
+    assert servable(ranked)["run_id"].tolist() == ["e", "b", "a"]
+    assert list(comparison_table(ranked).columns)[:7] == [
+        "rank",
+        "run_id",
+        "name",
+        "settings",
+        "score",
+        "prior",
+        "gain",
+    ]
+    table = comparison_table(ranked).set_index("run_id")
+    assert table.loc["b", "settings"] == "resnet18 64px 2ep lr=0.001 bs=16 augment"
+    assert table.loc["e", "settings"] == "crops resnet18 5x32px channels 2ep lr=0.001 bs=16 augment"
+    assert table.loc["d", "settings"] == "class prior of the train split"
+    assert table.loc["b", "gain"] == "+41.7%" and table.loc["d", "gain"] == "+0.0%"
+    assert table.loc["b", "minutes"] == 1.5 and pd.isna(table.loc["a", "minutes"])
+    assert "| 1 | e |" in markdown_table(comparison_table(ranked))
 
 
 def test_decide_promotes_only_on_a_win_over_the_same_validation_studies():

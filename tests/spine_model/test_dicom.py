@@ -5,7 +5,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from spine_model.dicom import DicomReadError, read_pixels, slice_position, to_uint8
+from spine_model.dicom import DicomReadError, read_frame, slice_position, to_uint8
 
 
 def _rewrite(tmp_path, **changes):
@@ -19,19 +19,20 @@ def _rewrite(tmp_path, **changes):
 
 def test_rescale_slope_and_intercept_are_applied(tmp_path):
     path, raw = _rewrite(tmp_path, RescaleSlope=2.0, RescaleIntercept=-100.0)
-    np.testing.assert_allclose(read_pixels(path), raw * 2.0 - 100.0)
+    np.testing.assert_allclose(read_frame(path).pixels, raw * 2.0 - 100.0)
 
 
 def test_monochrome1_is_inverted(tmp_path):
     path, raw = _rewrite(tmp_path, PhotometricInterpretation="MONOCHROME1")
-    pixels = read_pixels(path)
+    pixels = read_frame(path).pixels
     assert pixels[raw == raw.max()].max() == pytest.approx(raw.min())
     assert pixels[raw == raw.min()].min() == pytest.approx(raw.max())
 
 
 def test_reads_signed_real_mr_file():
-    pixels = read_pixels(get_testdata_file("MR_small.dcm"))
-    assert pixels.shape == (64, 64)
+    frame = read_frame(get_testdata_file("MR_small.dcm"))
+    assert frame.pixels.shape == (64, 64) and frame.pixels.dtype == np.float32
+    assert frame.spacing_row > 0 and np.isfinite(frame.position)
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
@@ -39,11 +40,11 @@ def test_truncated_file_is_a_clear_error(tmp_path):
     broken = tmp_path / "broken.dcm"
     broken.write_bytes(Path(source).read_bytes()[:200])
     with pytest.raises(DicomReadError, match="broken.dcm"):
-        read_pixels(broken)
+        read_frame(broken)
     garbage = tmp_path / "garbage.dcm"
     garbage.write_bytes(b"not a dicom file at all")
     with pytest.raises(DicomReadError, match="garbage.dcm"):
-        read_pixels(garbage)
+        read_frame(garbage)
 
 
 def test_to_uint8_windows_robustly():

@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from spine_model.catalog import RunFolder
 from spine_model.constants import LABEL_COLUMNS
-from spine_model.evaluate import classification_reports, evaluate_predictions, study_probabilities
+from spine_model.evaluate import classification_reports, evaluate_predictions, point_loss_and_accuracy
 from spine_model.metrics import class_prior
 
 
@@ -25,51 +26,61 @@ def test_reports_cover_exactly_each_cells_labelled_entries():
     assert reports["left_neural_foraminal_narrowing_l4_l5"]["Severe"]["recall"] == pytest.approx(expected_recall)
 
 
-def test_study_probabilities_average_rows():
-    probs = np.zeros((3, 5, 5, 3))
-    probs[0, ..., 0] = 1.0
-    probs[1, ..., 1] = 1.0
-    probs[2, ..., 2] = 1.0
-    result = study_probabilities(np.array([7, 7, 8]), probs)
-    np.testing.assert_allclose(result[7][0, 0], [0.5, 0.5, 0.0])
-    np.testing.assert_allclose(result[8][4, 4], [0.0, 0.0, 1.0])
-
-
-def _rows_and_labels(n_studies=6, rows_per_study=4, seed=0):
+def _labels(n_studies=6, seed=0):
     rng = np.random.default_rng(seed)
     labels = pd.DataFrame(rng.choice(3, (n_studies, 25), p=[0.7, 0.2, 0.1]), columns=list(LABEL_COLUMNS))
     labels.insert(0, "study_id", np.arange(100, 100 + n_studies))
-    rows = labels.loc[labels.index.repeat(rows_per_study)].reset_index(drop=True)
-    return rows, labels
+    return labels
 
 
-def test_confident_correct_logits_beat_the_prior():
-    rows, labels = _rows_and_labels()
-    targets = rows[list(LABEL_COLUMNS)].to_numpy()
-    logits = np.eye(3)[targets].reshape(len(rows), 5, 5, 3) * 4.0
-    prior = class_prior(labels)
-    evaluation = evaluate_predictions(logits, rows, labels, prior)
+def _cells(labels, confidence=4.0):
+    """Study probabilities that put `confidence` logits on the true class (uniform where missing)."""
+    targets = labels[list(LABEL_COLUMNS)].to_numpy()
+    logits = np.where(targets[..., None] >= 0, np.eye(3)[targets.clip(0)] * confidence, 0.0)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return {int(s): p.reshape(5, 5, 3) for s, p in zip(labels["study_id"], probabilities, strict=True)}
+
+
+def test_confident_correct_cells_beat_the_prior():
+    labels = _labels()
+    evaluation = evaluate_predictions(_cells(labels), labels, class_prior(labels), loss=0.1, n_points=30)
     assert evaluation.accuracy == 1.0
     assert evaluation.score < evaluation.prior_score
     assert evaluation.n_studies == 6 and len(evaluation.submission) == 6 * 25
-    assert evaluation.confusion.sum() == (targets != -1).sum()
+    assert evaluation.confusion.sum() == 6 * 25
     text = evaluation.describe()
-    assert "beats the prior" in text and "spinal_canal_stenosis" in text
+    assert "beats the prior" in text and "spinal_canal_stenosis" in text and "30 points" in text
     metrics = evaluation.metrics()
-    assert metrics["val_competition_score"] == evaluation.score
+    assert metrics["val_competition_score"] == evaluation.score and metrics["final_val_loss"] == 0.1
     assert set(metrics) >= {"val_prior_score", "val_severe_f1", "val_log_loss_spinal_canal_stenosis"}
 
 
-def test_uniform_logits_score_log3_and_loss_ignores_missing():
-    rows, labels = _rows_and_labels()
-    rows.loc[:, "spinal_canal_stenosis_l1_l2"] = -1
-    evaluation = evaluate_predictions(np.zeros((len(rows), 5, 5, 3)), rows, labels, class_prior(labels))
-    assert evaluation.loss == pytest.approx(np.log(3))
+def test_the_prior_scores_as_the_prior_and_missing_labels_count_nowhere():
+    labels = _labels()
+    labels.loc[0, "spinal_canal_stenosis_l1_l2"] = -1
+    prior = class_prior(labels)
+    cells = {int(s): np.repeat(prior[:, None, :], 5, axis=1) for s in labels["study_id"]}
+    evaluation = evaluate_predictions(cells, labels, prior)
+    assert evaluation.score == pytest.approx(evaluation.prior_score)
+    assert evaluation.confusion.sum() == 6 * 25 - 1
+    with pytest.raises(ValueError, match="no labels"):
+        evaluate_predictions({999: cells[100]}, labels, prior)
+
+
+def test_point_loss_weights_classes_and_ignores_missing():
+    outputs = np.zeros((4, 3))
+    loss, accuracy = point_loss_and_accuracy(outputs, np.array([0, 2, -1, 1]))
+    assert loss == pytest.approx(np.log(3))
+    outputs[1, 2] = 10.0  # the severe point predicted confidently right
+    loss, accuracy = point_loss_and_accuracy(outputs, np.array([0, 2, -1, 1]))
+    assert loss == pytest.approx((np.log(3) + 4 * np.log(1 + 2 * np.exp(-10)) + 2 * np.log(3)) / 7)
+    with pytest.raises(ValueError, match="no labelled targets"):
+        point_loss_and_accuracy(outputs, np.full(4, -1))
 
 
 def test_saved_reports(tmp_path):
-    rows, labels = _rows_and_labels()
-    evaluation = evaluate_predictions(np.zeros((len(rows), 5, 5, 3)), rows, labels, class_prior(labels))
-    paths = evaluation.save(tmp_path)
+    labels = _labels()
+    evaluation = evaluate_predictions(_cells(labels, 0.0), labels, class_prior(labels))
+    paths = evaluation.save(RunFolder(tmp_path).evaluation_files())
     assert all(p.is_file() for p in paths.values())
     assert "== spinal_canal_stenosis_l1_l2 ==" in paths["reports_text"].read_text()

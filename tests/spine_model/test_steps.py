@@ -1,21 +1,28 @@
-import pandas as pd
+import logging
 
-from spine_model.steps import ingest_step, preprocess_step
+from spine_model.catalog import Workspace
+from spine_model.config import TrainConfig
+from spine_model.ingest import dicom_path
+from spine_model.steps import RunInputs, ingest_step, prepare_run, series_to_store, store_step
 
 
-def test_rows_of_unreadable_images_are_dropped_and_counted(tiny_copy, tmp_path):
-    ingested = ingest_step(tiny_copy, tmp_path / "cache")
-    table = pd.read_parquet(ingested.table_path)
+def test_points_on_unreadable_images_are_dropped_counted_and_logged(tiny_copy, tmp_path, caplog):
+    workspace = Workspace(tmp_path)
+    cache = workspace.dataset(tiny_copy)
+    ingested = ingest_step(tiny_copy, cache)
+    table, labels = ingested.read()
     broken = table.iloc[0]
-    path = tiny_copy / "train_images" / str(broken.study_id) / str(broken.series_id) / f"{broken.instance_number}.dcm"
+    path = dicom_path(tiny_copy, "train", broken.study_id, broken.series_id, broken.instance_number)
     path.write_bytes(path.read_bytes()[:200])
     on_broken = (table["series_id"] == broken.series_id) & (table["instance_number"] == broken.instance_number)
 
-    prepared = preprocess_step(
-        tiny_copy, ingested.table_path, tmp_path / "png", 32, tmp_path / "ready.parquet", workers=1, progress=False
-    )
-    ready = pd.read_parquet(prepared.table_path)
-    assert prepared.dropped_rows == int(on_broken.sum()) > 0
-    assert len(ready) == len(table) - prepared.dropped_rows
-    assert list(prepared.failed) == [f"{broken.study_id}/{broken.series_id}/{broken.instance_number}"]
-    assert not ((ready["series_id"] == broken.series_id) & (ready["instance_number"] == broken.instance_number)).any()
+    store = store_step(tiny_copy, "train", series_to_store(tiny_copy, "train", table), tmp_path / "s", 32, 1, False)
+    config = TrainConfig(model_family="crops", store_size=32, val_fraction=0.25)
+    with caplog.at_level(logging.WARNING):
+        prepared = prepare_run(tiny_copy, ingested, table, labels, store, config, workspace.run("r").root)
+    assert prepared.facts["data_points_dropped_unreadable"] == int(on_broken.sum()) > 0
+    assert prepared.facts["data_images_unreadable"] == 1
+    assert any("could not be read" in message for message in caplog.messages)
+    points = RunInputs.load(workspace.run("r").root).points
+    assert len(points) == len(table) - int(on_broken.sum())
+    assert not ((points["series_id"] == broken.series_id) & (points["instance_number"] == broken.instance_number)).any()

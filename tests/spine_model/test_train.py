@@ -3,26 +3,13 @@ import math
 import pytest
 import torch
 
+from spine_model.catalog import checkpoint_files
 from spine_model.config import TrainConfig
-from spine_model.image_store import PngImageStore
+from spine_model.families import get_family
 from spine_model.ingest import build_long_table
-from spine_model.preprocess import preprocess_instances
 from spine_model.split import split_by_study
-from spine_model.train import load_checkpoint, masked_cross_entropy, resolve_device, train_spinenet
-
-
-def test_masked_cross_entropy_counts_labelled_cells_only():
-    logits = torch.zeros(1, 5, 5, 3)
-    logits[0, 0, 0] = torch.tensor([0.0, 0.0, math.log(2.0)])  # p = (.25, .25, .5)
-    targets = torch.full((1, 25), -1)
-    targets[0, 0] = 2  # severe, weight 4, p = 0.5
-    targets[0, 1] = 0  # normal, weight 1, p = 1/3
-    weights = torch.tensor([1.0, 2.0, 4.0])
-    loss_sum, weight_sum = masked_cross_entropy(logits, targets, weights)
-    assert float(weight_sum) == 5.0
-    assert float(loss_sum / weight_sum) == pytest.approx((4 * math.log(2) + math.log(3)) / 5, rel=1e-6)
-    empty_sum, empty_weight = masked_cross_entropy(logits, torch.full((1, 25), -1), weights)
-    assert float(empty_sum) == 0.0 and float(empty_weight) == 0.0
+from spine_model.train import load_checkpoint, resolve_device, train_model
+from tests.conftest import FAMILIES
 
 
 def test_split_keeps_studies_apart(tiny_data):
@@ -31,6 +18,9 @@ def test_split_keeps_studies_apart(tiny_data):
     assert not set(split.train_study_ids) & set(split.val_study_ids)
     assert set(split.train_study_ids) | set(split.val_study_ids) == set(table["study_id"])
     assert split == split_by_study(table, 0.25, 42)
+    assert set(split.select(table, "val")["study_id"]) == set(split.val_study_ids)
+    with pytest.raises(ValueError, match="'train' or 'val'"):
+        split.select(table, "test")
 
 
 def test_resolve_device():
@@ -41,31 +31,25 @@ def test_resolve_device():
             resolve_device("cuda")
 
 
-def test_training_writes_checkpoints_that_reload_identically(tiny_data, tmp_path):
-    ingest = build_long_table(tiny_data)
-    keys = ingest.table[["study_id", "series_id", "instance_number"]].itertuples(index=False, name=None)
-    preprocess_instances(keys, tiny_data, tmp_path / "png", 32, workers=1, progress=False)
-    store = PngImageStore(tmp_path / "png")
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_training_writes_checkpoints_that_reload_identically(family_name, tiny_store, tmp_path):
+    points, _, store, split = tiny_store
     config = TrainConfig(
-        pretrained=False,
-        image_size=32,
-        epochs=2,
-        batch_size=16,
-        num_workers=0,
-        lr=1e-3,
-        val_fraction=0.25,
-        augment=True,
-    )
-    split = split_by_study(ingest.table, config.val_fraction, config.split_seed)
+        model_family=family_name, pretrained=False, store_size=32, image_size=32, crop_size=16, epochs=2,
+        batch_size=16, num_workers=0, lr=1e-3, val_fraction=0.25, augment=True,
+    )  # fmt: skip
     seen = []
-    model, result = train_spinenet(ingest.table, split, store, config, tmp_path / "ckpt", seen.append, progress=False)
+    model, result = train_model(points, split, store, config, tmp_path / "ckpt", seen.append, progress=False)
     assert [s.epoch for s in result.history] == [1, 2] == [s.epoch for s in seen]
     assert all(math.isfinite(s.train_loss) and math.isfinite(s.val_loss) for s in result.history)
     assert result.best_val_loss == min(s.val_loss for s in result.history)
-    reloaded, reloaded_config = load_checkpoint(tmp_path / "ckpt" / "best.pt")
-    assert reloaded_config == config
+    best, last = checkpoint_files(tmp_path / "ckpt")
+    reloaded, reloaded_config = load_checkpoint(best)
+    assert reloaded_config == config and type(reloaded) is type(model)
     model.eval()
     reloaded.eval()
-    image, coords = torch.randn(3, 1, 32, 32), torch.rand(3, 2)
-    torch.testing.assert_close(model(image, coords), reloaded(image, coords))
-    assert (tmp_path / "ckpt" / "last.pt").is_file()
+    dataset = get_family(family_name).dataset(split.select(points, "val"), store, config, train=False)
+    inputs = [torch.stack(tensors) for tensors in zip(*(dataset[i][0] for i in range(3)), strict=True)]
+    with torch.no_grad():
+        torch.testing.assert_close(model(*inputs), reloaded(*inputs))
+    assert last.is_file()

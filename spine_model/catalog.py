@@ -1,0 +1,195 @@
+"""The catalog: every file of a dataset cache and of a run folder is named here, and only here.
+
+    {workdir}/cache/{data-name}-{hash}/                   DatasetCache: one per data folder
+        train_long.parquet, train_labels.parquet          ingested coordinate rows and study labels
+        volumes_{split}_{size}/                           a VolumeStore (see StoreFiles)
+    {workdir}/runs/{run-name}/                            RunFolder: one per training run
+        run.json, points.parquet, priors.json, checkpoints/, history.csv, evaluation/, ...
+
+Real Kaggle data is often read-only, so the default workdir is ./spine_outputs in the current
+working directory, never the data folder. Other modules ask these objects for paths; none spells a
+file name of its own (the Kedro catalog idea).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from spine_model.config import TrainConfig
+from spine_model.split import StudySplit
+
+DEFAULT_WORKDIR = Path("spine_outputs")
+
+
+class StoreFiles:
+    """The files of one volume store: an index, a manifest, and per series an array and its record."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.parquet"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "store.json"
+
+    def volume(self, study_id: int, series_id: int) -> Path:
+        return self.root / str(study_id) / f"{series_id}.npy"
+
+    def series_record(self, study_id: int, series_id: int) -> Path:
+        return self.root / str(study_id) / f"{series_id}.json"
+
+
+class DatasetCache:
+    """What the pipeline derives from one data folder: tables and volume stores."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def long_table(self) -> Path:
+        return self.root / "train_long.parquet"
+
+    @property
+    def labels(self) -> Path:
+        return self.root / "train_labels.parquet"
+
+    def volume_store(self, split: str, size: int) -> Path:
+        """One store per split and in-plane size."""
+        return self.root / f"volumes_{split}_{size}"
+
+
+class RunFolder:
+    """The files of one training run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    name = property(lambda self: self.root.name)
+    record = property(lambda self: self.root / "run.json")
+    points = property(lambda self: self.root / "points.parquet")  # training points, unreadable images dropped
+    priors = property(lambda self: self.root / "priors.json")
+    checkpoints = property(lambda self: self.root / "checkpoints")
+    best_checkpoint = property(lambda self: checkpoint_files(self.checkpoints)[0])
+    last_checkpoint = property(lambda self: checkpoint_files(self.checkpoints)[1])
+    history = property(lambda self: self.root / "history.csv")
+    curves = property(lambda self: self.root / "training_curves.png")
+    fit_summary = property(lambda self: self.root / "fit.json")
+    model_uris = property(lambda self: self.root / "mlflow_models.json")
+    evaluation = property(lambda self: self.root / "evaluation")
+
+    def evaluation_files(self) -> dict[str, Path]:
+        """Everything an evaluation writes, by role."""
+        out = self.evaluation
+        return {
+            "summary": out / "summary.txt",
+            "summary_markdown": out / "summary.md",
+            "metrics": out / "metrics.json",
+            "reports_json": out / "classification_reports.json",
+            "reports_text": out / "classification_reports.txt",
+            "submission": out / "val_submission.csv",
+            "confusion_png": out / "confusion_matrix.png",
+        }
+
+
+def checkpoint_files(checkpoint_dir: str | Path) -> tuple[Path, Path]:
+    """(best, last) checkpoint files in a checkpoint folder: the lowest validation loss, the latest epoch."""
+    return Path(checkpoint_dir) / "best.pt", Path(checkpoint_dir) / "last.pt"
+
+
+class Workspace:
+    """Dataset caches and run folders under one working folder."""
+
+    def __init__(self, root: str | Path = DEFAULT_WORKDIR) -> None:
+        self.root = Path(root).resolve()
+
+    def dataset(self, data_dir: str | Path) -> DatasetCache:
+        """The cache of one data folder: its name plus a hash of its absolute path."""
+        data_dir = Path(data_dir).resolve()
+        digest = hashlib.sha1(str(data_dir).encode()).hexdigest()[:8]
+        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", data_dir.name) or "data"
+        return DatasetCache(self.root / "cache" / f"{name}-{digest}")
+
+    def run(self, run_name: str) -> RunFolder:
+        return RunFolder(self.root / "runs" / run_name)
+
+
+@dataclass
+class RunRecord:
+    """A run folder's inputs, so that any process can train or evaluate it again.
+
+    The model family is `config.model_family`; `store_root` is the volume store it reads.
+    """
+
+    data_dir: str
+    labels_path: str
+    store_root: str
+    config: TrainConfig
+    split: StudySplit
+
+    def save(self, run_dir: str | Path) -> Path:
+        payload = {
+            "data_dir": self.data_dir,
+            "labels_path": self.labels_path,
+            "store_root": self.store_root,
+            "model_family": self.config.model_family,
+            "config": self.config.model_dump(mode="json"),
+            **self.split.to_dict(),
+        }
+        path = RunFolder(run_dir).record
+        atomic_write(path, lambda handle: handle.write(json.dumps(payload, indent=2).encode()))
+        return path
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> RunRecord:
+        path = RunFolder(run_dir).record
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found: {run_dir} is not a run folder written by `spine train`")
+        data = json.loads(path.read_text())
+        return cls(
+            data["data_dir"], data["labels_path"], data["store_root"], TrainConfig(**data["config"]),
+            StudySplit.from_dict(data),
+        )  # fmt: skip
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write a file through `write(handle)` into a temporary sibling, then rename it into place.
+
+    An interrupted run never leaves a half-written file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def file_fingerprint(path: str | Path, content: bool = True) -> str:
+    """sha256 of a file's bytes (or, with content=False, of its size and mtime); 'missing' if absent."""
+    path = Path(path)
+    if not path.is_file():
+        return f"missing:{path}"
+    if not content:
+        stat = path.stat()
+        return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,66 @@
+"""`crops`: per point, a crop of k adjacent slices around it -> the severity of that point's cell.
+
+Study level: per (condition, level) cell the mean of its points' softmax; a cell without a point
+gets the class prior. The top solutions of the competition all classify such crops.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from torch import nn
+from torch.utils.data import Dataset
+
+from spine_model.constants import LEVELS
+from spine_model.families.backbones import classification_models
+from spine_model.families.base import CELLS_SHAPE, ModelFamily, cell_index, softmax
+from spine_model.families.crops.data import CropDataset, crop_sides
+from spine_model.families.crops.model import CropNet
+
+
+class CropsFamily(ModelFamily):
+    name = "crops"
+    input_names = ("crop", "cell")
+
+    def check(self, config) -> None:
+        if config.crop_slices % 2 == 0:
+            raise ValueError(f"crop_slices must be odd (the point's slice in the middle), got {config.crop_slices}")
+        if config.backbone not in classification_models():
+            raise ValueError(
+                f"unknown backbone {config.backbone!r} for model family 'crops': use a torchvision "
+                "classification model, e.g. resnet18, resnet34, efficientnet_b0, convnext_tiny"
+            )
+
+    def describe(self, config) -> str:
+        side = f"{config.crop_mm:g}mm" if config.crop_mm > 0 else f"{config.crop_fraction:g} of the image"
+        return (
+            f"crops {config.backbone} {config.crop_slices}x{config.crop_size}px {config.crop_pooling} "
+            f"(side {side}, store {config.store_size}px)"
+        )
+
+    def create_model(self, config, pretrained: bool = False, allow_download: bool = True) -> nn.Module:
+        return CropNet(config.backbone, config.crop_slices, config.crop_pooling, pretrained, allow_download)
+
+    def dataset(self, points: pd.DataFrame, store, config, train: bool) -> Dataset:
+        sides = crop_sides(points, store.size, config.crop_fraction, config.crop_mm)
+        return CropDataset(
+            points, store, config.crop_slices, config.crop_size, sides,
+            jitter=config.crop_jitter if train else 0.0,
+            jitter_slices=config.crop_jitter_slices if train else 0,
+            augment=train and config.augment,
+        )  # fmt: skip
+
+    def cell_probabilities(self, outputs: np.ndarray, points: pd.DataFrame, class_prior: np.ndarray) -> dict:
+        probabilities = softmax(outputs)
+        frame = pd.DataFrame(probabilities).assign(study_id=points["study_id"].to_numpy(), cell=cell_index(points))
+        means = frame.groupby(["study_id", "cell"]).mean()
+        prior = np.repeat(np.asarray(class_prior, dtype=np.float64)[:, None, :], len(LEVELS), axis=1)
+        by_study = {}
+        for study_id, cells in means.groupby(level="study_id"):
+            study = prior.copy().reshape(-1, CELLS_SHAPE[-1])
+            study[cells.index.get_level_values("cell")] = cells.to_numpy()
+            by_study[int(study_id)] = study.reshape(CELLS_SHAPE)
+        return by_study
+
+
+FAMILY = CropsFamily()
