@@ -38,8 +38,8 @@ from spine_model.volumes import VolumeStore, build_volume_store, locate_points  
 STORE_SIZE = 256
 FAMILY_SETTINGS = {  # the defaults for real data: seed at 224 px, crops 5 x 128 px
     "seed": {"model_family": "seed"},
-    "crops": {"model_family": "crops"},
     "crops attention": {"model_family": "crops", "crop_pooling": "attention"},
+    "crops channels": {"model_family": "crops", "crop_pooling": "channels"},
 }
 
 
@@ -94,20 +94,27 @@ def prepared_points(data: Path, store_root: Path, workers: int | None) -> tuple[
 
 
 def epoch_peak_rss(points_path: Path, store_root: Path) -> dict:
-    """Peak RSS (MiB) of a fresh process that reads one epoch of every family's dataset, all points."""
+    """Peak RSS (MiB) of a fresh process that reads one epoch of every family's dataset, all points.
+
+    Read from VmHWM in /proc, which a new program starts afresh (ru_maxrss would carry over the
+    high-water mark of the process that forked it).
+    """
     code = (
-        "import json, resource, sys, pandas as pd\n"
+        "import json, sys, pandas as pd\n"
+        "def peak():\n"
+        "    lines = open('/proc/self/status').read().splitlines()\n"
+        "    return next(int(line.split()[1]) for line in lines if line.startswith('VmHWM')) / 1024\n"
         "from torch.utils.data import DataLoader\n"
         "from spine_model.config import TrainConfig\n"
         "from spine_model.families import get_family\n"
         "from spine_model.volumes import VolumeStore\n"
         "points, store = pd.read_parquet(sys.argv[1]), VolumeStore(sys.argv[2])\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "before = peak()\n"
         "for name in ('seed', 'crops'):\n"
         "    config = TrainConfig(model_family=name, store_size=store.size)\n"
         "    for _ in DataLoader(get_family(name).dataset(points, store, config, train=True), batch_size=64):\n"
         "        pass\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "after = peak()\n"
         "print(json.dumps({'points': len(points), 'imports_mib': before, 'epoch_mib': after}))\n"
     )
     done = subprocess.run(
@@ -121,7 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="write a Markdown report here")
     parser.add_argument("--studies", type=int, default=100, help="N: studies of the main data set")
-    parser.add_argument("--train-steps", type=int, default=5)
+    parser.add_argument("--train-steps", type=int, default=10)
     args = parser.parse_args()
     device = resolve_device("auto")
     cores = os.cpu_count() or 1
