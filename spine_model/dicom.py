@@ -16,12 +16,14 @@ class DicomReadError(ValueError):
 
 @dataclass(frozen=True)
 class Frame:
-    """One decoded slice: pixels in modality units and where the slice lies."""
+    """One decoded slice: pixels in modality units and where the slice lies in the patient."""
 
     pixels: np.ndarray  # float32 (rows, columns)
     position: float  # along the series' slice normal, from ImagePositionPatient
     spacing_row: float  # mm between rows (PixelSpacing[0]); nan when absent
     spacing_col: float  # mm between columns (PixelSpacing[1]); nan when absent
+    origin: tuple[float, float, float]  # ImagePositionPatient: the first pixel's centre, mm
+    orientation: tuple[float, ...]  # ImageOrientationPatient: row then column direction cosines
 
 
 def read_frame(path: str | Path) -> Frame:
@@ -49,7 +51,11 @@ def read_frame(path: str | Path) -> Frame:
         pixels = pixels.max() - pixels + pixels.min()
     spacing = getattr(ds, "PixelSpacing", None)
     spacing_row, spacing_col = (float(v) for v in spacing) if spacing and len(spacing) == 2 else (math.nan, math.nan)
-    return Frame(pixels, slice_position(ds, path), spacing_row, spacing_col)
+    position = slice_position(ds, path)
+    origin = tuple(float(v) for v in ds.ImagePositionPatient)
+    return Frame(
+        pixels, position, spacing_row, spacing_col, origin, tuple(float(v) for v in ds.ImageOrientationPatient)
+    )
 
 
 def to_uint8(pixels: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:

@@ -3,13 +3,17 @@
 Every file of the competition layout is written (CSV files and real DICOM files written with
 pydicom), with label shares as in the real data. Each labelled point carries a local bright blob
 whose strength grows with severity, so a model that looks where the coordinates point can beat the
-class prior. Geometry is consistent across studies (with jitter), slice order follows
-ImagePositionPatient (instance numbers run backwards in some series, as they can in the real
-data), and image sizes differ between series, so coordinate scaling bugs show.
+class prior. Every study has its own spine in patient coordinates (levels, canal and foramina
+placed with study-to-study variation), and every series is a real DICOM geometry over it
+(ImagePositionPatient, ImageOrientationPatient, PixelSpacing), so sagittal and axial series agree
+in 3-D; discs mark the levels. Slice order follows ImagePositionPatient (instance numbers run
+backwards in some series, as they can in the real data), image sizes differ between series, and
+some studies split their axial levels over two series.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +37,6 @@ from spine_model.constants import (
     SAGITTAL_T1,
     SAGITTAL_T2,
     SAMPLE_SUBMISSION_CSV,
-    SERIES_DESCRIPTIONS,
     SEVERITIES,
     SEVERITY_COLUMNS,
     SEVERITY_WEIGHTS,
@@ -51,6 +54,9 @@ MISSING_RATE = {"subarticular": 0.026, "other": 0.002}
 # Blob strength per severity, relative to the tissue intensity.
 BLOB_AMPLITUDE = (0.1, 0.4, 0.8)
 NOISE_STD = 0.10
+FOV_MM = {SAGITTAL_T1: 240.0, SAGITTAL_T2: 240.0, AXIAL_T2: 160.0}  # field of view across the columns
+SLAB_MM = 40.0  # sagittal series span this much from patient left to right
+AXIAL_SPLIT_SHARE = 0.2  # studies whose axial levels come as two series, upper and lower
 _UID_ROOT = "1.2.826.0.1.3680043.10.1437."  # a private-looking root; UIDs stay deterministic
 
 
@@ -95,80 +101,137 @@ def _sample_labels(rng: np.random.Generator) -> np.ndarray:
     return labels
 
 
-def _series_shape(rng: np.random.Generator, image_size: int) -> tuple[int, int]:
-    """(rows, columns) of one series: sizes vary between series, as in the real data."""
-    aspect = rng.uniform(0.8, 1.25)
-    return int(round(image_size * aspect)), image_size
+@dataclass
+class _Spine:
+    """One study's lumbar spine in patient coordinates (mm; LPS: +x left, +y posterior, +z superior)."""
+
+    level_z: np.ndarray  # (5,) height of each disc level, L1/L2 (the highest) first
+    canal_x: float  # the spinal canal, left-right ...
+    canal_y: float  # ... and front-back
+    foramen_dx: float  # the foramina lie this far left and right of the canal
+    subarticular_dx: float
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> _Spine:
+        """Position and size vary from study to study, as patients and scanners do."""
+        top, gap = rng.uniform(45, 70), rng.uniform(26, 32)
+        return cls(
+            top - gap * np.arange(len(LEVELS)), rng.normal(0, 3), rng.uniform(-20, 20), rng.uniform(11, 16),
+            rng.uniform(10, 14),
+        )  # fmt: skip
+
+    def point(self, condition: str, lv: int) -> np.ndarray:
+        """Where a condition's point at level `lv` lies."""
+        side = 1.0 if condition.startswith("left") else -1.0  # patient left is +x
+        if CONDITION_SERIES[condition] == SAGITTAL_T2:
+            return np.array([self.canal_x, self.canal_y, self.level_z[lv]])
+        if CONDITION_SERIES[condition] == SAGITTAL_T1:
+            return np.array([self.canal_x + side * self.foramen_dx, self.canal_y - 5, self.level_z[lv] + 3])
+        return np.array([self.canal_x + side * self.subarticular_dx, self.canal_y - 3, self.level_z[lv]])
 
 
-def _points_for_series(
-    description: str,
-    labels: np.ndarray,
-    n_slices: int,
-    height: int,
-    width: int,
-    rng: np.random.Generator,
-) -> list[_Point]:
-    """Where each labelled point of this series lies (slice in IPP order, x, y)."""
+@dataclass
+class _Series:
+    """Where one series' slices lie: DICOM geometry in patient coordinates."""
+
+    description: str
+    levels: tuple[int, ...]  # the levels whose points this series carries
+    rows: int
+    columns: int
+    spacing: float  # mm per pixel, both directions
+    origins: np.ndarray  # (slices, 3) ImagePositionPatient, in slice order (ascending along the normal)
+    row_cosines: np.ndarray  # direction of increasing column index
+    column_cosines: np.ndarray  # direction of increasing row index
+
+    @classmethod
+    def sample(
+        cls, description: str, spine: _Spine, levels: tuple[int, ...], image_size: int, n_slices: int, rng
+    ) -> _Series:
+        columns = image_size
+        rows = int(round(image_size * rng.uniform(0.8, 1.25)))  # sizes vary between series
+        spacing = FOV_MM[description] / columns
+        if description == AXIAL_T2:  # slices stacked from below the lowest level to above the highest
+            low, high = spine.level_z[max(levels)] - 8, spine.level_z[min(levels)] + 8
+            heights = np.linspace(low, high, n_slices)
+            corner = [-columns * spacing / 2, -rows * spacing / 2]
+            origins = np.stack([np.full(n_slices, corner[0]), np.full(n_slices, corner[1]), heights], axis=1)
+            return cls(description, levels, rows, columns, spacing, origins, np.eye(3)[0], np.eye(3)[1])
+        # Sagittal: columns run posterior (+y), rows inferior (-z); the slice normal is -x, so the
+        # slices go from patient left to right.
+        centre = spine.canal_x + rng.uniform(-2, 2)
+        lateral = centre + SLAB_MM / 2 - np.arange(n_slices) * SLAB_MM / max(1, n_slices - 1)
+        corner = [-columns * spacing / 2, rows * spacing / 2]
+        origins = np.stack([lateral, np.full(n_slices, corner[0]), np.full(n_slices, corner[1])], axis=1)
+        return cls(description, levels, rows, columns, spacing, origins, np.eye(3)[1], -np.eye(3)[2])
+
+    @property
+    def orientation(self) -> list[float]:
+        return [*self.row_cosines.tolist(), *self.column_cosines.tolist()]
+
+    def locate(self, point: np.ndarray) -> tuple[int, float, float]:
+        """(slice index, x, y in pixels) of a point: the nearest slice, the point projected onto it."""
+        normal = np.cross(self.row_cosines, self.column_cosines)
+        k = int(np.argmin(np.abs((point - self.origins) @ normal)))
+        offset = point - self.origins[k]
+        return k, float(offset @ self.row_cosines / self.spacing), float(offset @ self.column_cosines / self.spacing)
+
+    def world(self, k: int) -> np.ndarray:
+        """(rows, columns, 3) patient coordinates of slice k's pixels."""
+        yy, xx = np.mgrid[0 : self.rows, 0 : self.columns].astype(np.float64) * self.spacing
+        return self.origins[k] + xx[..., None] * self.row_cosines + yy[..., None] * self.column_cosines
+
+
+def _series_points(series: _Series, spine: _Spine, labels: np.ndarray, rng: np.random.Generator) -> list[_Point]:
+    """The points this series carries: its conditions at its levels, with annotation jitter."""
     points = []
-    spine_x = width * rng.uniform(0.46, 0.54)
-    top, bottom = height * rng.uniform(0.22, 0.28), height * rng.uniform(0.72, 0.78)
-    level_y = np.linspace(top, bottom, len(LEVELS))
     for c, condition in enumerate(CONDITIONS):
-        if CONDITION_SERIES[condition] != description:
+        if CONDITION_SERIES[condition] != series.description:
             continue
-        left = condition.startswith("left")
-        for lv, level in enumerate(LEVELS):
+        for lv in series.levels:
+            slice_index, x, y = series.locate(spine.point(condition, lv))
+            jitter = rng.normal(0, 0.01 * series.columns, size=2)
             severity = int(labels[c * len(LEVELS) + lv])
-            jitter = rng.normal(0, 0.01 * width, size=2)
-            if description == SAGITTAL_T2:
-                slice_index = n_slices // 2
-                x, y = spine_x, level_y[lv]
-            elif description == SAGITTAL_T1:
-                # Patient left is +x in LPS, so left foramina lie on the high-x slices.
-                slice_index = min(n_slices - 1, int(round((0.75 if left else 0.25) * (n_slices - 1))))
-                x, y = _foramen_x(slice_index, n_slices, width), level_y[lv]
-            else:  # axial: one slice per level, inferior (L5/S1) first; the canal sits lower
-                slice_index = int(round((len(LEVELS) - 1 - lv) * (n_slices - 1) / (len(LEVELS) - 1)))
-                x = width * (0.5 + (0.17 if left else -0.17))
-                y = height * (0.38 + 0.06 * lv)
-            points.append(_Point(condition, level, slice_index, x + jitter[0], y + jitter[1], severity))
+            points.append(_Point(condition, LEVELS[lv], slice_index, x + jitter[0], y + jitter[1], severity))
     return points
 
 
-def _foramen_x(slice_index: int, n_slices: int, width: int) -> float:
-    """The column of the foramina on a sagittal slice: the lateral slices lie off-centre."""
-    return width * (0.64 - 0.28 * slice_index / max(1, n_slices - 1))
+def _box(values: np.ndarray, low: float, high: float, soft: float = 2.0) -> np.ndarray:
+    """1 inside [low, high], 0 outside, with soft edges (mm)."""
+    return 1 / (1 + np.exp(-(values - low) / soft)) / (1 + np.exp(-(high - values) / soft))
 
 
-def _render_series(
-    description: str,
-    points: list[_Point],
-    n_slices: int,
-    height: int,
-    width: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
+def _anatomy(series: _Series, spine: _Spine, k: int) -> np.ndarray:
+    """Slice k's tissue: vertebral bodies and discs in front of the canal, CSF in the canal.
+
+    The discs mark the levels: bright on T2 and axial slices through a disc, dark on T1.
+    """
+    world = series.world(k)
+    x, y, z = world[..., 0], world[..., 1], world[..., 2]
+    discs = np.exp(-(((z[..., None] - spine.level_z) / 3.5) ** 2)).max(axis=-1)
+    front = spine.canal_y - 26
+    if series.description == AXIAL_T2:
+        body = (((x - spine.canal_x) / 22) ** 2 + ((y - front) / 15) ** 2 < 1).astype(np.float64)
+        canal = np.exp(-((x - spine.canal_x) ** 2 + (y - spine.canal_y) ** 2) / 50)
+        return 0.3 + body * (0.12 + 0.3 * discs) + 0.35 * canal
+    body = _box(y, spine.canal_y - 42, spine.canal_y - 10) * _box(x, spine.canal_x - 25, spine.canal_x + 25)
+    if series.description == SAGITTAL_T2:
+        canal = np.exp(-(((y - spine.canal_y) / 3) ** 2) - ((x - spine.canal_x) / 7) ** 2)
+        return 0.3 + body * (0.1 + 0.3 * discs) + 0.45 * canal
+    return 0.3 + body * (0.25 - 0.2 * discs)
+
+
+def _render_series(series: _Series, spine: _Spine, points: list[_Point], rng: np.random.Generator) -> np.ndarray:
     """uint16 pixel stack (slices, rows, columns): anatomy, noise and one blob per point.
 
-    Each series type has its own look (a bright CSF band on T2, foramina on T1, a round canal
-    on axial slices); narrowing shows as a dark spot in T2's bright canal and as a bright
-    spot elsewhere, stronger with severity.
+    Narrowing shows as a dark spot in T2's bright canal and as a bright spot elsewhere, stronger
+    with severity.
     """
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    stack = np.full((n_slices, height, width), 0.3, dtype=np.float32)
-    for k in range(n_slices):
-        if description == SAGITTAL_T2:
-            centre = np.mean([p.x for p in points]) if points else width / 2
-            stack[k] += 0.45 * np.exp(-(((xx - centre) / (0.05 * width)) ** 2))
-        elif description == SAGITTAL_T1:
-            stack[k] += 0.2 * np.exp(-(((xx - _foramen_x(k, n_slices, width)) / (0.07 * width)) ** 2))
-        else:
-            radius = np.hypot(xx - width / 2, yy - height / 2)
-            stack[k] += 0.25 * np.exp(-(((radius - 0.25 * width) / (0.04 * width)) ** 2))
+    n_slices = len(series.origins)
+    stack = np.stack([_anatomy(series, spine, k) for k in range(n_slices)]).astype(np.float32)
     stack += rng.normal(0, NOISE_STD, size=stack.shape).astype(np.float32)
-    sigma = max(1.5, 0.035 * width)
-    sign = -1.0 if description == SAGITTAL_T2 else 1.0
+    yy, xx = np.mgrid[0 : series.rows, 0 : series.columns].astype(np.float32)
+    sigma = max(1.5, 0.035 * series.columns)
+    sign = -1.0 if series.description == SAGITTAL_T2 else 1.0
     for point in points:
         # A missing label still has anatomy; draw it at a random severity.
         severity = point.severity if point.severity >= 0 else int(rng.integers(3))
@@ -236,6 +299,21 @@ def write_dicom(
     ds.save_as(path, enforce_file_format=True)
 
 
+def _study_series(spine: _Spine, image_size: int, n_slices: int, rng: np.random.Generator) -> list[_Series]:
+    """A study's series: sagittal T1, sagittal T2/STIR, and one axial T2 stack over all levels or,
+    in some studies, two: an upper and a lower stack that each reach one level into the other's,
+    where only one of them carries that level's points."""
+    all_levels = tuple(range(len(LEVELS)))
+    series = [_Series.sample(d, spine, all_levels, image_size, n_slices, rng) for d in (SAGITTAL_T1, SAGITTAL_T2)]
+    axial = (
+        [((0, 1, 2), (0, 1, 2, 3)), ((3, 4), (2, 3, 4))] if rng.random() < AXIAL_SPLIT_SHARE else [(all_levels,) * 2]
+    )
+    for carried, covered in axial:
+        stack = _Series.sample(AXIAL_T2, spine, covered, image_size, n_slices, rng)
+        series.append(dataclasses.replace(stack, levels=carried))
+    return series
+
+
 def _write_study(
     root: Path,
     split: str,
@@ -245,35 +323,30 @@ def _write_study(
     n_slices: int,
     rng: np.random.Generator,
 ) -> tuple[list[dict], list[dict], int]:
-    """Write one study's three series; returns (series rows, coordinate rows, files written)."""
+    """Write one study's series; returns (series rows, coordinate rows, files written)."""
     series_rows, coordinate_rows, files = [], [], 0
-    for description in SERIES_DESCRIPTIONS:
+    spine = _Spine.sample(rng)
+    for series in _study_series(spine, image_size, n_slices, rng):
         series_id = int(rng.integers(10**7, 5 * 10**9))
-        height, width = _series_shape(rng, image_size)
-        points = _points_for_series(description, labels, n_slices, height, width, rng)
-        stack = _render_series(description, points, n_slices, height, width, rng)
-        spacing = round(float(rng.uniform(0.5, 0.9)) * 256 / image_size, 4)
+        points = _series_points(series, spine, labels, rng)
+        stack = _render_series(series, spine, points, rng)
         first_instance = int(rng.integers(1, 4))
         reversed_numbering = bool(rng.random() < 0.3)
         instance_of_slice = [first_instance + (n_slices - 1 - k if reversed_numbering else k) for k in range(n_slices)]
-        axial = description == AXIAL_T2
-        orientation = [1, 0, 0, 0, 1, 0] if axial else [0, 1, 0, 0, 0, -1]
         for k in range(n_slices):
-            offset = (k - n_slices / 2) * 4.0
-            position = [-100.0, -100.0, offset] if axial else [offset, -100.0, 100.0]
             write_dicom(
                 root / images_dir(split) / str(study_id) / str(series_id) / f"{instance_of_slice[k]}.dcm",
                 stack[k],
                 study_id=study_id,
                 series_id=series_id,
                 instance_number=instance_of_slice[k],
-                description=description,
-                position=position,
-                orientation=orientation,
-                spacing=spacing,
+                description=series.description,
+                position=series.origins[k].tolist(),
+                orientation=series.orientation,
+                spacing=series.spacing,
             )
             files += 1
-        series_rows.append({"study_id": study_id, "series_id": series_id, "series_description": description})
+        series_rows.append({"study_id": study_id, "series_id": series_id, "series_description": series.description})
         for point in points:
             if point.severity == MISSING_LABEL:
                 continue  # unlabelled cells carry no coordinates, as in the real data
@@ -324,7 +397,7 @@ def generate_dataset(
         "test": sorted(int(s) for s in study_ids[n_studies:]),
     }
 
-    files = 0
+    files = n_series = 0
     all_labels: dict[str, dict[int, np.ndarray]] = {}
     coordinate_rows: list[dict] = []
     for split, ids in splits.items():
@@ -338,6 +411,7 @@ def generate_dataset(
             )
             series_rows += study_series
             files += n_files
+            n_series += len(study_series)
             if split == "train":
                 coordinate_rows += study_coordinates
         pd.DataFrame(series_rows, columns=["study_id", "series_id", "series_description"]).to_csv(
@@ -371,7 +445,7 @@ def generate_dataset(
         out_dir=str(root),
         train_studies=n_studies,
         test_studies=n_test_studies,
-        series=(n_studies + n_test_studies) * len(SERIES_DESCRIPTIONS),
+        series=n_series,
         dicom_files=files,
         coordinate_rows=len(coordinate_rows),
         label_counts=label_counts,

@@ -32,14 +32,15 @@ from spine_model.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
+STORE_FORMAT = 2  # a series stored by an older version of this module is stored again
 SERIES_KEY = ["study_id", "series_id"]
 SLICE_KEY = ["study_id", "series_id", "instance_number"]
+# Patient geometry of a slice: ImagePositionPatient and ImageOrientationPatient (row, then column
+# direction cosines), for mapping pixels between series (see spine_model.geometry).
+GEOMETRY_COLUMNS = ["ipp_x", "ipp_y", "ipp_z", "row_x", "row_y", "row_z", "col_x", "col_y", "col_z"]
+_FRAME_COLUMNS = ["instance_number", "rows", "columns", "position", "spacing_row", "spacing_col", *GEOMETRY_COLUMNS]
 # One row per stored slice, in slice order within each series.
-INDEX_COLUMNS = [
-    "study_id", "series_id", "series_description", "n_slices", "slice_index",
-    "instance_number", "rows", "columns", "position", "spacing_row", "spacing_col",
-]  # fmt: skip
-_FRAME_COLUMNS = ["instance_number", "rows", "columns", "position", "spacing_row", "spacing_col"]
+INDEX_COLUMNS = ["study_id", "series_id", "series_description", "n_slices", "slice_index", *_FRAME_COLUMNS]
 
 
 def resize_square(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -54,7 +55,7 @@ class SeriesVolume:
     """One series as the store keeps it."""
 
     pixels: np.ndarray  # uint8 (n_slices, size, size), in slice order
-    slices: pd.DataFrame  # per slice, same order: instance_number, rows, columns, position, spacing_row, spacing_col
+    slices: pd.DataFrame  # per slice, same order: _FRAME_COLUMNS (instance number, size, position, geometry)
     unreadable: list[tuple[str, str]] = field(default_factory=list)  # (file, reason naming the file)
 
 
@@ -72,7 +73,8 @@ def read_series(files: Sequence[tuple[int, str | Path]], size: int) -> SeriesVol
             unreadable.append((str(path), str(error)))
     decoded.sort(key=lambda item: (item[1].position, item[0]))
     slices = pd.DataFrame(
-        [(n, *f.pixels.shape, f.position, f.spacing_row, f.spacing_col) for n, f in decoded], columns=_FRAME_COLUMNS
+        [(n, *f.pixels.shape, f.position, f.spacing_row, f.spacing_col, *f.origin, *f.orientation) for n, f in decoded],
+        columns=_FRAME_COLUMNS,
     )
     if not decoded:
         return SeriesVolume(np.zeros((0, size, size), np.uint8), slices, unreadable)
@@ -254,14 +256,16 @@ def _build_series(job: tuple[int, int, str | None, str, str, int]) -> tuple[str,
     if record_path.is_file():
         record = json.loads(record_path.read_text())
         done = record.get("skipped") or files.volume(study_id, series_id).is_file()
-        if record.get("size") == size and record.get("source") == source and done:
+        same = [record.get(key) for key in ("format", "size", "source")] == [STORE_FORMAT, size, source]
+        if same and done:
             return "already_done", record
     named = [(int(p.stem), p) for p in paths if p.stem.isdigit()]
     unreadable = [(str(p), f"{p}: file name is not an instance number") for p in paths if not p.stem.isdigit()]
     volume = read_series(named, size)
     unreadable += volume.unreadable
     record = {
-        "study_id": study_id, "series_id": series_id, "series_description": description, "size": size,
+        "format": STORE_FORMAT, "study_id": study_id, "series_id": series_id, "series_description": description,
+        "size": size,
         "source": source, "slices": volume.slices.to_dict(orient="list"), "unreadable": unreadable, "skipped": None,
     }  # fmt: skip
     if not paths:

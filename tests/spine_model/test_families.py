@@ -24,7 +24,7 @@ from spine_model.families.crops.data import CropDataset, crop_sides, crop_stack
 from spine_model.families.crops.model import CropNet
 from spine_model.families.seed.data import SeedDataset, augment
 from spine_model.families.seed.model import SpineNet, create_spinenet, image_and_coordinate_conv
-from spine_model.volumes import MemoryVolumeStore, SeriesVolume
+from spine_model.volumes import GEOMETRY_COLUMNS, MemoryVolumeStore, SeriesVolume
 
 
 @pytest.fixture
@@ -44,7 +44,8 @@ def _store(volume: np.ndarray, rows: int = 512, columns: int = 384) -> MemoryVol
     store = MemoryVolumeStore(volume.shape[-1])
     slices = pd.DataFrame(
         {"instance_number": np.arange(1, len(volume) + 1), "rows": rows, "columns": columns,
-         "position": np.arange(len(volume), dtype=float), "spacing_row": 0.5, "spacing_col": 0.5}
+         "position": np.arange(len(volume), dtype=float), "spacing_row": 0.5, "spacing_col": 0.5,
+         **dict(zip(GEOMETRY_COLUMNS, [0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, -1.0], strict=True))}
     )  # fmt: skip
     store.add(1, 2, "Sagittal T2/STIR", SeriesVolume(volume, slices))
     return store

@@ -9,6 +9,7 @@ from spine_model.constants import (
     AXIAL_T2,
     LABEL_COLUMNS,
     SAGITTAL_T1,
+    SAGITTAL_T2,
     SERIES_DESCRIPTIONS,
     SEVERITY_COLUMNS,
 )
@@ -33,7 +34,9 @@ def test_writes_every_file_of_the_layout(tiny_data):
     assert list(coords.columns) == ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
     series = pd.read_csv(tiny_data / "train_series_descriptions.csv")
     assert set(series["series_description"]) == set(SERIES_DESCRIPTIONS)
-    assert series.groupby("study_id").size().eq(3).all()
+    per_study = series.groupby(["study_id", "series_description"]).size().unstack()
+    assert (per_study[SAGITTAL_T1] == 1).all() and (per_study[SAGITTAL_T2] == 1).all()
+    assert per_study[AXIAL_T2].isin([1, 2]).all()
     for row in coords.itertuples():
         assert (
             tiny_data / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm"
@@ -122,3 +125,42 @@ def test_rejects_nonsense_settings(tmp_path):
         generate_dataset(tmp_path, n_studies=2, n_slices=3)
     with pytest.raises(ValueError, match="image_size"):
         generate_dataset(tmp_path, n_studies=2, image_size=8)
+
+
+def _world(ds: pydicom.Dataset, x: float, y: float) -> np.ndarray:
+    """Patient coordinates of pixel (x, y) of a DICOM slice."""
+    orientation = np.asarray(ds.ImageOrientationPatient, dtype=float)
+    spacing_row, spacing_col = (float(v) for v in ds.PixelSpacing)
+    return (
+        np.asarray(ds.ImagePositionPatient, float)
+        + x * spacing_col * orientation[:3]
+        + y * spacing_row * orientation[3:]
+    )
+
+
+def test_series_agree_in_patient_coordinates_and_split_axial_stacks_carry_each_level_once(tmp_path):
+    """A level's axial points lie at the height of its sagittal canal point; every level is labelled once."""
+    generate_dataset(tmp_path, n_studies=25, n_test_studies=0, image_size=64, n_slices=8, seed=5)
+    coords = pd.read_csv(tmp_path / "train_label_coordinates.csv").merge(
+        pd.read_csv(tmp_path / "train_series_descriptions.csv")
+    )
+    assert not coords.duplicated(["study_id", "condition", "level"]).any()
+    two_axial = coords[coords["series_description"] == AXIAL_T2].groupby("study_id")["series_id"].nunique()
+    assert (two_axial == 2).any(), "expected a study whose axial levels come as two series"
+
+    def world(row) -> np.ndarray:
+        path = tmp_path / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm"
+        return _world(pydicom.dcmread(path), row.x, row.y)
+
+    heights = []
+    for row in coords[coords["condition"] == "Left Subarticular Stenosis"].itertuples():
+        canal = coords[
+            (coords["study_id"] == row.study_id) & (coords["condition"] == "Spinal Canal Stenosis")
+            & (coords["level"] == row.level)
+        ]  # fmt: skip
+        if len(canal):
+            heights.append(world(row)[2] - world(next(canal.itertuples()))[2])
+    # The nearest axial slice to the disc (at most half a slice gap, about 11 mm here) plus the
+    # annotation jitter of the sagittal point (2.4 mm per pixel).
+    assert len(heights) > 20
+    assert np.median(np.abs(heights)) < 8 and np.abs(heights).max() < 20
