@@ -13,6 +13,8 @@ from spine_model.config import TrainConfig
 from spine_model.tracking import DEFAULT_EXPERIMENT
 
 GPU_DEPLOYMENT = "train-on-gpu/spine-train-gpu"
+LOCALISER_DEPLOYMENT = "train-localiser/spine-localiser-gpu"
+LOCALISER_URI = "models:/spine-localiser@champion"
 
 
 class PipelineConfig(TrainConfig):
@@ -33,9 +35,40 @@ class PipelineConfig(TrainConfig):
     preprocess_workers: int | None = Field(
         None, ge=1, description="processes that build the volume store (default: all cores)"
     )
+    localiser: Literal["auto", "train", "reuse", "off"] = Field(
+        "auto",
+        description="stage 1 for test-time points: 'train' a localiser beside the classifier, 'reuse' a "
+        "registered one (localiser_uri), 'off' (coordinate prior only); 'auto': train for crops, off for seed",
+    )
+    localiser_uri: str = Field(LOCALISER_URI, description="the registered localiser that localiser='reuse' takes")
+    localiser_backbone: str = Field("resnet18", description="localiser: ResNet trunk")
+    localiser_image_size: int = Field(256, ge=32, le=1024, description="localiser: input slice size in pixels")
+    localiser_epochs: int = Field(10, ge=1, description="localiser: training epochs")
+    localiser_lr: float = Field(1e-3, gt=0, description="localiser: Adam learning rate")
+    localiser_batch_size: int = Field(
+        8, ge=1, description="localiser: series (sagittal) or labelled slices (axial) per batch"
+    )
+    localiser_deployment: str = Field(
+        LOCALISER_DEPLOYMENT, description="deployment that trains the localiser when dispatch='work-pool'"
+    )
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(**self.model_dump(include=set(TrainConfig.model_fields)))
+
+    def localiser_mode(self) -> str:
+        """'train', 'reuse' or 'off', with 'auto' resolved by the model family."""
+        if self.localiser != "auto":
+            return self.localiser
+        return "train" if self.model_family == "crops" else "off"
+
+    def localiser_config(self) -> TrainConfig:
+        """The localiser's training settings: its own fields, the rest shared with the classifier."""
+        shared = self.model_dump(include=set(TrainConfig.model_fields))
+        own = {
+            "model_family": "localiser", "backbone": self.localiser_backbone, "image_size": self.localiser_image_size,
+            "epochs": self.localiser_epochs, "lr": self.localiser_lr, "batch_size": self.localiser_batch_size,
+        }  # fmt: skip
+        return TrainConfig(**{**shared, **own})
 
 
 class TrainRequest(BaseModel):

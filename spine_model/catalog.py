@@ -87,6 +87,7 @@ class RunFolder:
     fit_summary = property(lambda self: self.root / "fit.json")
     model_uris = property(lambda self: self.root / "mlflow_models.json")
     evaluation = property(lambda self: self.root / "evaluation")
+    localiser = property(lambda self: RunFolder(self.root / "localiser"))  # the stage-1 run of this run
 
     def evaluation_files(self) -> dict[str, Path]:
         """Everything an evaluation writes, by role."""
@@ -99,6 +100,17 @@ class RunFolder:
             "reports_text": out / "classification_reports.txt",
             "submission": out / "val_submission.csv",
             "confusion_png": out / "confusion_matrix.png",
+        }
+
+    def localiser_evaluation_files(self) -> dict[str, Path]:
+        """Everything a localiser's evaluation writes, by role."""
+        out = self.evaluation
+        return {
+            "summary": out / "summary.txt",
+            "summary_markdown": out / "summary.md",
+            "metrics": out / "metrics.json",
+            "points": out / "val_points.csv",
+            "examples_png": out / "localiser_examples.png",
         }
 
 

@@ -115,18 +115,18 @@ class Decision:
         return f"{verdict}: {self.reason} ({scores})"
 
 
-def decide(candidate: pd.Series, champion: pd.Series | None) -> Decision:
-    """Promote the candidate only when it beats the champion on the same validation studies."""
-    base = {"candidate_run_id": candidate["run_id"], "candidate_score": float(candidate[SCORE])}
+def decide(candidate: pd.Series, champion: pd.Series | None, score: str = SCORE) -> Decision:
+    """Promote the candidate only when it beats the champion (a lower `score`) on the same validation studies."""
+    base = {"candidate_run_id": candidate["run_id"], "candidate_score": float(candidate[score])}
     if champion is None:
         return Decision(True, "no champion yet", **base)
-    base |= {"champion_run_id": champion["run_id"], "champion_score": float(champion[SCORE])}
+    base |= {"champion_run_id": champion["run_id"], "champion_score": float(champion[score])}
     if candidate["run_id"] == champion["run_id"]:
         return Decision(False, "the best run is already the champion", **base)
     if candidate.get(VAL_FINGERPRINT) != champion.get(VAL_FINGERPRINT):
         return Decision(False, "validated on other studies than the champion, so the scores are not comparable", **base)
-    if float(candidate[SCORE]) < float(champion[SCORE]):
-        return Decision(True, "lower competition score on the same validation studies", **base)
+    if float(candidate[score]) < float(champion[score]):
+        return Decision(True, f"lower {score} on the same validation studies", **base)
     return Decision(False, "not better than the champion on the same validation studies", **base)
 
 

@@ -23,16 +23,17 @@ class TrainConfig(BaseModel):
     model_family: FamilyName = Field(
         "seed",
         description="'seed': the notebook's SpineNet, one slice + point -> all 25 cells; "
-        "'crops': k adjacent slices around each point -> that point's cell (recommended)",
+        "'crops': k adjacent slices around each point -> that point's cell (recommended); "
+        "'localiser': finds the points of unlabelled studies (stage 1)",
     )
     backbone: str = Field(
         "resnet18",
-        description="torchvision model name: seed takes a ResNet (resnet18/34/50); crops any torchvision "
-        "classification model (e.g. resnet18, efficientnet_b0, convnext_tiny)",
+        description="torchvision model name: seed and localiser take a ResNet (resnet18/34/50); crops any "
+        "torchvision classification model (e.g. resnet18, efficientnet_b0, convnext_tiny)",
     )
     pretrained: bool = Field(True, description="start the backbone from ImageNet weights")
     store_size: int = Field(256, ge=16, le=1024, description="in-plane size of the volume store in pixels")
-    image_size: int = Field(224, ge=32, le=1024, description="seed: input slice size in pixels")
+    image_size: int = Field(224, ge=32, le=1024, description="seed and localiser: input slice size in pixels")
     crop_slices: int = Field(5, ge=1, le=31, description="crops: adjacent slices per crop, the point's in the middle")
     crop_size: int = Field(128, ge=16, le=512, description="crops: crop side in pixels after resizing")
     crop_fraction: float = Field(0.2, gt=0, le=1, description="crops: crop side as a share of the image side")

@@ -26,6 +26,7 @@ from spine_model.constants import CONDITION_SERIES, LEVELS, images_dir
 from spine_model.evaluate import predict_outputs
 from spine_model.families import get_family
 from spine_model.families.base import CELLS_SHAPE
+from spine_model.families.localiser.locate import Localiser
 from spine_model.ingest import load_coordinates, load_series_descriptions
 from spine_model.metrics import submission_from_probabilities
 from spine_model.train import load_checkpoint, resolve_device
@@ -189,7 +190,8 @@ def given_points(frame: pd.DataFrame) -> pd.DataFrame:
 
 @dataclass
 class Predictor:
-    """A trained model of any family plus the priors it needs for studies without coordinates."""
+    """A trained model of any family plus what places points on studies without coordinates: a
+    localiser when there is one, and the coordinate prior for the cells it cannot place."""
 
     model: nn.Module
     config: TrainConfig
@@ -197,20 +199,34 @@ class Predictor:
     class_prior: np.ndarray  # (5 conditions, 3) train-split class frequencies
     device: str = "auto"
     studies_per_chunk: int = 16  # decoded together when no store is given: bounds memory
+    localiser: Localiser | None = None
 
     @classmethod
-    def load(cls, checkpoint: str | Path, priors: str | Path, device: str = "auto") -> Predictor:
+    def load(
+        cls, checkpoint: str | Path, priors: str | Path, device: str = "auto", localiser: str | Path | None = None
+    ) -> Predictor:
         model, config = load_checkpoint(checkpoint)
         coordinate_prior, class_prior = load_priors(priors)
-        return cls(model.eval(), config, coordinate_prior, class_prior, device)
+        found = Localiser.load(localiser, device) if localiser else None
+        return cls(model.eval(), config, coordinate_prior, class_prior, device, localiser=found)
 
     def points(self, frame: pd.DataFrame, store: VolumeReader) -> pd.DataFrame:
-        """The points the model sees: a study's given points, or else the prior's for its stored series."""
+        """The points the model sees: a study's given points; else, per cell, the localiser's point,
+        or the coordinate prior's where there is no localiser or it places none. The source of each
+        study's points is logged."""
         given = given_points(frame)
         listed = pd.MultiIndex.from_frame(frame[SERIES_KEY].drop_duplicates())
         index = store.index[pd.MultiIndex.from_frame(store.index[SERIES_KEY]).isin(listed)]
         bare = index[~index["study_id"].isin(given["study_id"])]
-        return pd.concat([given, self.coordinate_prior.points(bare)], ignore_index=True)
+        from_prior = self.coordinate_prior.points(bare)
+        located = self.localiser.points(store, bare)[POINT_COLUMNS] if self.localiser is not None else from_prior[:0]
+        cell = ["study_id", "condition", "level"]
+        uncovered = ~pd.MultiIndex.from_frame(from_prior[cell]).isin(pd.MultiIndex.from_frame(located[cell]))
+        points = pd.concat([given, located, from_prior[uncovered]], ignore_index=True)
+        for study_id, sources in points.groupby("study_id")["source"]:
+            counts = sources.value_counts()
+            log.info("study %s: points from %s", study_id, ", ".join(f"{source} ({n})" for source, n in counts.items()))
+        return points
 
     def predict(self, frame: pd.DataFrame, store: VolumeReader | None = None) -> pd.DataFrame:
         """Kaggle submission rows (row_id, normal_mild, moderate, severe): 25 per study of `frame`.
@@ -226,21 +242,22 @@ class Predictor:
                     f"the volume store holds {store.size} px slices; this model was trained on "
                     f"{self.config.store_size} px (build a store of that size, or give none)"
                 )
-            cells = self._predict_cells(frame, store)
+            cells = self.predict_cells(frame, store)
         else:
             for start in range(0, len(study_ids), self.studies_per_chunk):
                 chunk = frame[frame["study_id"].isin(study_ids[start : start + self.studies_per_chunk])]
                 memory = MemoryVolumeStore.from_files(chunk, self.config.store_size)
                 for _, reason in memory.unreadable:
                     log.warning("skipped unreadable image %s", reason)
-                cells.update(self._predict_cells(chunk, memory))
+                cells.update(self.predict_cells(chunk, memory))
         prior = np.repeat(self.class_prior[:, None, :], len(LEVELS), axis=1)
         for study_id in study_ids:
             if study_id not in cells:
                 log.warning("study %s: no readable image for any condition; predicting the class prior", study_id)
         return submission_from_probabilities({s: cells.get(s, prior) for s in study_ids})
 
-    def _predict_cells(self, frame: pd.DataFrame, store: VolumeReader) -> dict[int, np.ndarray]:
+    def predict_cells(self, frame: pd.DataFrame, store: VolumeReader) -> dict[int, np.ndarray]:
+        """Per study of `frame` with a readable image, probabilities (5 conditions, 5 levels, 3)."""
         family = get_family(self.config.model_family)
         points = self.points(frame, store)
         located, unplaced = locate_points(points, store.index, store.size)

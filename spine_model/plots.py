@@ -53,3 +53,34 @@ def plot_confusion_matrix(confusion: np.ndarray, path: str | Path, title: str = 
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_localiser_examples(
+    store, found: pd.DataFrame, truth: pd.DataFrame, path: str | Path, studies: int = 3
+) -> Path:
+    """A few validation studies: per series type, a labelled slice with the labelled points (green
+    circles) and the localiser's points on that slice (red crosses)."""
+    from spine_model.constants import SERIES_DESCRIPTIONS
+
+    chosen = sorted(truth["study_id"].unique())[:studies]
+    fig, axes = plt.subplots(len(chosen), 3, figsize=(10, 3.4 * len(chosen)), squeeze=False)
+    for row, study_id in enumerate(chosen):
+        for col, description in enumerate(SERIES_DESCRIPTIONS):
+            ax = axes[row, col]
+            ax.axis("off")
+            labelled = truth[(truth["study_id"] == study_id) & (truth["series_description"] == description)]
+            if labelled.empty:
+                continue
+            first = labelled.sort_values(["level", "condition"]).iloc[len(labelled) // 2]
+            same = ["study_id", "series_id", "instance_number"]
+            on_slice = labelled[(labelled[same] == first[same]).all(axis=1)]
+            guessed = found[(found[same] == first[same].to_numpy()).all(axis=1)] if len(found) else found
+            scale_x, scale_y = store.size / first["columns"], store.size / first["rows"]
+            ax.imshow(store.volume(study_id, first["series_id"])[first["slice_index"]], cmap="gray")
+            ax.scatter(on_slice["x"] * scale_x, on_slice["y"] * scale_y, s=60, facecolors="none", edgecolors="lime")
+            ax.scatter(guessed["x"] * scale_x, guessed["y"] * scale_y, s=40, marker="x", c="red")
+            ax.set_title(f"{study_id} {description}\ninstance {first['instance_number']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)

@@ -8,14 +8,17 @@ artifacts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from torch.utils.data import DataLoader
 
 from spine_model import tracking
 from spine_model.catalog import DatasetCache, RunFolder, RunRecord, atomic_write
@@ -24,10 +27,12 @@ from spine_model.config import TrainConfig
 from spine_model.constants import SOLUTION_CSV
 from spine_model.evaluate import Evaluation, evaluate_model, label_counts
 from spine_model.families import get_family
-from spine_model.inference import CoordinatePrior, save_priors
+from spine_model.families.localiser.locate import Localiser
+from spine_model.inference import CoordinatePrior, load_priors, save_priors
 from spine_model.ingest import build_long_table, dicom_path, load_series_descriptions, write_table
+from spine_model.locating import LocaliserEvaluation, evaluate_localiser, with_slice_index
 from spine_model.metrics import class_prior, score_against_prior
-from spine_model.plots import plot_confusion_matrix, plot_training_curves
+from spine_model.plots import plot_confusion_matrix, plot_localiser_examples, plot_training_curves
 from spine_model.split import StudySplit, split_by_study
 from spine_model.train import EpochStats, FitResult, load_checkpoint, train_model
 from spine_model.volumes import SLICE_KEY, StoreReport, VolumeStore, build_volume_store, locate_points
@@ -93,6 +98,13 @@ class PreparedRun:
     folder: RunFolder
     record: RunRecord
     facts: dict[str, int | str]
+    points: pd.DataFrame = field(repr=False)
+    labels: pd.DataFrame = field(repr=False)
+    localiser: RunRecord | None = None  # the record of the localiser's run folder, when one is trained
+
+    def inputs(self) -> RunInputs:
+        """The run's inputs, from what preparing it already holds (nothing read again)."""
+        return RunInputs(self.folder, self.record, self.points, self.labels, VolumeStore(self.record.store_root))
 
 
 def prepare_run(
@@ -103,12 +115,15 @@ def prepare_run(
     store: StoreReport,
     config: TrainConfig,
     run_dir: str | Path,
+    localiser_config: TrainConfig | None = None,
 ) -> PreparedRun:
     """Locate the coordinate rows on the store, split by study, fit the priors; write the run folder.
 
     table and labels are `ingested.read()`, passed in so that the caller reads them once. Points
     whose image could not be stored are dropped, counted and logged. Writes run.json, the training
-    points and priors.json; returns the record and the data facts worth logging.
+    points and priors.json; returns the record and the data facts worth logging. With
+    `localiser_config`, the run folder's `localiser/` gets the same points, priors and split for
+    training a localiser beside the classifier.
     """
     folder = RunFolder(run_dir)
     volumes = VolumeStore(store.root)
@@ -123,9 +138,15 @@ def prepare_run(
     save_priors(folder.priors, CoordinatePrior.fit(train_points), prior)
     record = RunRecord(str(Path(data_dir).resolve()), ingested.labels_path, store.root, config, split)
     record.save(folder.root)
+    localiser = None
+    if localiser_config is not None:
+        localiser = dataclasses.replace(record, config=localiser_config)
+        write_table(points, folder.localiser.points)
+        shutil.copyfile(folder.priors, folder.localiser.priors)
+        localiser.save(folder.localiser.root)
     facts = data_facts(points, labels, split, store, len(unplaced), ingested.skipped)
     facts[MODEL_SUMMARY] = get_family(config.model_family).describe(config)
-    return PreparedRun(folder, record, facts)
+    return PreparedRun(folder, record, facts, points, labels, localiser)
 
 
 def data_facts(
@@ -208,42 +229,76 @@ def evaluate_step(
     return evaluation, paths
 
 
-def log_run_outputs(run_id: str, run: RunInputs, tracking_uri: str | None = None) -> dict[str, str]:
-    """Log a finished run folder to MLflow: final metrics, reports, plots, record, priors, weights,
-    the PyTorch model and the serving (pyfunc) model; the URIs become run tags and are returned.
+def evaluate_localiser_step(run: RunInputs, progress: bool = True) -> tuple[LocaliserEvaluation, dict[str, Path]]:
+    """The run's localiser (best checkpoint) against the coordinate prior on its validation studies;
+    writes the evaluation and a picture of a few studies."""
+    folder = run.folder
+    localiser = Localiser.load(folder.best_checkpoint, run.record.config.device)
+    coordinate_prior, _ = load_priors(folder.priors)
+    evaluation = evaluate_localiser(localiser, run.points, run.record.split, run.store, coordinate_prior)
+    files = folder.localiser_evaluation_files()
+    paths = evaluation.save(files)
+    truth = run.record.split.select(run.points, "val")
+    found = with_slice_index(evaluation.found, run.store.index)
+    paths["examples_png"] = plot_localiser_examples(run.store, found, truth, files["examples_png"])
+    return evaluation, paths
 
-    The models' input examples are two real validation points.
+
+def log_run_outputs(run_id: str, run: RunInputs, tracking_uri: str | None = None) -> dict[str, str]:
+    """Log a trained run folder of any family to MLflow: final metrics, reports, plots, record,
+    priors, weights and the PyTorch model (input example: a real validation batch). The model URI
+    becomes a run tag and is returned; the serving model is logged apart (`log_serving_model`).
     """
     folder = run.folder
-    tracking.log_metrics(run_id, read_metrics(folder.root), tracking_uri=tracking_uri)
+    model, config = load_checkpoint(folder.best_checkpoint)
+    family = get_family(config.model_family)
+    localiser = family.produces == "points"
+    files = folder.localiser_evaluation_files() if localiser else folder.evaluation_files()
+    tracking.log_metrics(run_id, json.loads(files["metrics"].read_text()), tracking_uri=tracking_uri)
     fit = json.loads(folder.fit_summary.read_text())
     tracking.log_metrics(run_id, {"best_epoch": fit["best_epoch"]}, tracking_uri=tracking_uri)
-    files = folder.evaluation_files()
-    pictures = {"confusion_png"}
-    tracking.log_artifacts(
-        run_id, [p for key, p in files.items() if key not in pictures and p.is_file()], "reports", tracking_uri
-    )
-    tracking.log_artifacts(run_id, [files["confusion_png"], folder.curves], "plots", tracking_uri)
+    pictures = [p for key, p in files.items() if key.endswith("_png")]
+    tracking.log_artifacts(run_id, [p for p in files.values() if p not in pictures], "reports", tracking_uri)
+    tracking.log_artifacts(run_id, [*pictures, folder.curves], "plots", tracking_uri)
     tracking.log_artifacts(run_id, [folder.record, folder.history, folder.priors], "run", tracking_uri)
     tracking.log_artifacts(run_id, [folder.best_checkpoint], "weights", tracking_uri)
 
-    model, config = load_checkpoint(folder.best_checkpoint)
-    family = get_family(config.model_family)
     examples = run.record.split.select(run.points, "val").head(2)
     dataset = family.dataset(examples, run.store, config, train=False)
-    inputs = [np.stack([dataset[i][0][k].numpy() for i in range(len(dataset))]) for k in range(len(family.input_names))]
+    inputs, _ = next(iter(DataLoader(dataset, batch_size=2, collate_fn=getattr(dataset, "collate", None))))
+    with tracking.active_run(run_id, tracking_uri):
+        named = {name: tensor.numpy() for name, tensor in zip(family.input_names, inputs, strict=True)}
+        uris = {"model_uri": tracking.log_pytorch_model(model, named)}
+    tracking.set_tags(run_id, uris, tracking_uri)
+    _record_model_uris(folder, uris)
+    return uris
+
+
+def log_serving_model(
+    run_id: str, run: RunInputs, localiser_checkpoint: str | Path | None = None, tracking_uri: str | None = None
+) -> str:
+    """Log the serving pyfunc of a classifier run (weights, priors and, when given, the localiser
+    that places its test-time points); its URI becomes a run tag and is returned."""
     from spine_model.tracking.pyfunc import log_pyfunc_model  # imports mlflow: only when logging
 
+    folder = run.folder
+    examples = run.record.split.select(run.points, "val").head(2)
     with tracking.active_run(run_id, tracking_uri):
-        uris = {
-            "model_uri": tracking.log_pytorch_model(model, dict(zip(family.input_names, inputs, strict=True))),
-            "serving_model_uri": log_pyfunc_model(
-                folder.best_checkpoint, folder.priors, serving_example(examples, run.record.data_dir), config.store_size
-            ),
-        }
-    tracking.set_tags(run_id, uris, tracking_uri)
-    atomic_write(folder.model_uris, lambda handle: handle.write(json.dumps(uris, indent=2).encode()))
-    return uris
+        uri = log_pyfunc_model(
+            folder.best_checkpoint, folder.priors, serving_example(examples, run.record.data_dir),
+            run.record.config.store_size, localiser_checkpoint,
+        )  # fmt: skip
+    tracking.set_tags(
+        run_id, {"serving_model_uri": uri, "localiser": "yes" if localiser_checkpoint else "no"}, tracking_uri
+    )
+    _record_model_uris(folder, {"serving_model_uri": uri})
+    return uri
+
+
+def _record_model_uris(folder: RunFolder, uris: dict[str, str]) -> None:
+    known = read_model_uris(folder.root)
+    payload = json.dumps({**known, **uris}, indent=2).encode()
+    atomic_write(folder.model_uris, lambda handle: handle.write(payload))
 
 
 def serving_example(points: pd.DataFrame, data_dir: str) -> pd.DataFrame:
@@ -259,9 +314,11 @@ def read_model_uris(run_dir: str | Path) -> dict[str, str]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, float]:
-    """The flat metrics an evaluation wrote (see Evaluation.metrics)."""
-    return json.loads(RunFolder(run_dir).evaluation_files()["metrics"].read_text())
+def read_metrics(run_dir: str | Path, localiser: bool = False) -> dict[str, float]:
+    """The flat metrics an evaluation wrote (Evaluation.metrics, or LocaliserEvaluation.metrics)."""
+    folder = RunFolder(run_dir)
+    files = folder.localiser_evaluation_files() if localiser else folder.evaluation_files()
+    return json.loads(files["metrics"].read_text())
 
 
 def score_step(data_dir: str | Path, submission_path: str | Path, class_prior) -> dict[str, float] | None:

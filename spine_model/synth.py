@@ -203,7 +203,8 @@ def _box(values: np.ndarray, low: float, high: float, soft: float = 2.0) -> np.n
 def _anatomy(series: _Series, spine: _Spine, k: int) -> np.ndarray:
     """Slice k's tissue: vertebral bodies and discs in front of the canal, CSF in the canal.
 
-    The discs mark the levels: bright on T2 and axial slices through a disc, dark on T1.
+    The discs mark the levels: bright on T2 and axial slices through a disc, dark on T1; on T1 the
+    foramina show on the slices through them.
     """
     world = series.world(k)
     x, y, z = world[..., 0], world[..., 1], world[..., 2]
@@ -217,7 +218,11 @@ def _anatomy(series: _Series, spine: _Spine, k: int) -> np.ndarray:
     if series.description == SAGITTAL_T2:
         canal = np.exp(-(((y - spine.canal_y) / 3) ** 2) - ((x - spine.canal_x) / 7) ** 2)
         return 0.3 + body * (0.1 + 0.3 * discs) + 0.45 * canal
-    return 0.3 + body * (0.25 - 0.2 * discs)
+    # T1: the foramina, fat-bright, on the slices that pass through them (left and right of the canal).
+    beside = np.exp(-(((np.abs(x - spine.canal_x) - spine.foramen_dx) / 3) ** 2))
+    at_levels = np.exp(-(((z[..., None] - spine.level_z - 3) / 5) ** 2)).max(axis=-1)
+    foramina = beside * np.exp(-(((y - spine.canal_y + 5) / 4) ** 2)) * at_levels
+    return 0.3 + body * (0.25 - 0.2 * discs) + 0.3 * foramina
 
 
 def _render_series(series: _Series, spine: _Spine, points: list[_Point], rng: np.random.Generator) -> np.ndarray:

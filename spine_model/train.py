@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 
 from spine_model.catalog import atomic_write, checkpoint_files
 from spine_model.config import TrainConfig
-from spine_model.constants import MISSING_LABEL
 from spine_model.families import get_family
 from spine_model.families.base import ModelFamily
 from spine_model.split import StudySplit
@@ -64,6 +63,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def make_loader(dataset: Dataset, config: TrainConfig, shuffle: bool, device: torch.device) -> DataLoader:
+    """Batches of `config.batch_size` items; a dataset with a `collate` method batches its own items."""
     generator = torch.Generator().manual_seed(config.seed)
     return DataLoader(
         dataset,
@@ -73,6 +73,7 @@ def make_loader(dataset: Dataset, config: TrainConfig, shuffle: bool, device: to
         pin_memory=device.type == "cuda",
         persistent_workers=config.num_workers > 0,
         generator=generator,
+        collate_fn=getattr(dataset, "collate", None),
     )
 
 
@@ -91,7 +92,8 @@ def run_epoch(
     desc: str = "",
     progress: bool = True,
 ) -> tuple[float, float]:
-    """One pass over `loader`; trains when given an optimizer. Returns (loss, accuracy) over labelled targets."""
+    """One pass over `loader`; trains when given an optimizer. Returns (loss, accuracy) over labelled targets
+    (the family's `hits`: a classifier's argmax, a localiser's points found where labelled)."""
     training = optimizer is not None
     model.train(training)
     loss_total = weight_total = 0.0
@@ -109,9 +111,9 @@ def run_epoch(
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
-            mask = targets != MISSING_LABEL
-            correct += int((outputs.argmax(-1).reshape(targets.shape) == targets)[mask].sum())
-            labelled += int(mask.sum())
+            batch_correct, batch_labelled = family.hits(outputs.detach(), targets)
+            correct += batch_correct
+            labelled += batch_labelled
             loss_total += float(loss_sum.detach())
             weight_total += float(weight_sum)
     if labelled == 0:

@@ -342,12 +342,22 @@ def build_volume_store(
 def locate_points(points: pd.DataFrame, index: pd.DataFrame, size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Put points (study_id, series_id, instance_number, x, y in that frame's pixels) on stored slices.
 
-    Adds slice_index, n_slices, the frame's rows and columns, its pixel spacing, and x_store,
-    y_store: the point in the store's size x size pixels, scaled by the point's own frame size.
+    Adds slice_index, n_slices, the frame's rows and columns, its pixel spacing and patient geometry,
+    and x_store, y_store: the point in the store's size x size pixels, scaled by the point's own
+    frame size.
     Returns (located, unplaced): points whose slice is not in the store (an unreadable file, a
     skipped series) are returned apart, for the caller to count and report.
     """
-    columns = [*SLICE_KEY, "slice_index", "n_slices", "rows", "columns", "spacing_row", "spacing_col"]
+    columns = [
+        *SLICE_KEY,
+        "slice_index",
+        "n_slices",
+        "rows",
+        "columns",
+        "spacing_row",
+        "spacing_col",
+        *GEOMETRY_COLUMNS,
+    ]
     merged = points.drop(columns=[c for c in columns if c not in SLICE_KEY and c in points.columns]).merge(
         index[columns], on=SLICE_KEY, how="left", validate="many_to_one"
     )

@@ -119,6 +119,7 @@ def prepare_run_task(
     store: StoreReport,
     config: TrainConfig,
     run_dir: str,
+    localiser_config: TrainConfig | None = None,
 ) -> PreparedRun:
-    """Points on the store, study split, priors: the run folder the training flow reads."""
-    return prepare_run(data_dir, ingested, *tables, store, config, run_dir)
+    """Points on the store, study split, priors: the run folder(s) the training flows read."""
+    return prepare_run(data_dir, ingested, *tables, store, config, run_dir, localiser_config)

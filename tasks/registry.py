@@ -37,3 +37,24 @@ def update_aliases_task(ranked: pd.DataFrame, model_name: str, tracking_uri: str
     message = decision.describe() if decision else "no ranked run has a serving model; registry unchanged"
     get_run_logger().info("%s: %s", model_name, message)
     return decision
+
+
+@task(name="register-localiser", **RETRIES)
+def register_localiser_task(run_id: str, model_uri: str, tracking_uri: str) -> Decision:
+    decision = registry.register_localiser(run_id, model_uri, tracking_uri=tracking_uri)
+    get_run_logger().info("%s: %s", registry.LOCALISER_NAME, decision.describe())
+    return decision
+
+
+@task(name="fetch-localiser", **RETRIES)
+def fetch_localiser_task(uri: str, dest: str, tracking_uri: str) -> tuple[str, str]:
+    """A registered localiser's weights into the run folder; returns (checkpoint path, models:/NAME/VERSION)."""
+    path, localiser_run_id, version_uri = registry.download_localiser(uri, dest, tracking_uri)
+    get_run_logger().info("reusing localiser %s = %s (MLflow run %s)", uri, version_uri, localiser_run_id)
+    return str(path), version_uri
+
+
+@task(name="localiser-version", **RETRIES)
+def localiser_version_task(localiser_run_id: str, tracking_uri: str) -> str:
+    """models:/spine-localiser/N that the localiser run registered."""
+    return registry.localiser_version_uri(localiser_run_id, tracking_uri=tracking_uri)

@@ -9,10 +9,16 @@ from spine_model.catalog import RunFolder
 
 
 @task(name="publish-summary")
-def publish_summary_task(run_dir: str, mlflow_link: str, model_uris: dict[str, str] | None = None) -> str:
-    """A Markdown artifact with scores, prior baseline, per-condition table and where to look next."""
+def publish_summary_task(
+    run_dir: str, mlflow_link: str, model_uris: dict[str, str] | None = None, localiser_dir: str | None = None
+) -> str:
+    """A Markdown artifact with scores, prior baseline, per-condition table, the localiser's table
+    when one was trained, and where to look next."""
     folder = RunFolder(run_dir)
     summary = folder.evaluation_files()["summary_markdown"].read_text()
+    if localiser_dir is not None:
+        table = RunFolder(localiser_dir).localiser_evaluation_files()["summary_markdown"].read_text()
+        summary += f"\n\n## Localiser (validation studies)\n\n{table}"
     markdown = (
         f"# Spine training run `{folder.name}`\n\n{summary}\n\n"
         f"**MLflow:** {mlflow_link}\n\n**Run folder:** `{run_dir}`\n"

@@ -8,7 +8,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from spine_model import tracking
-from spine_model.steps import RunInputs, log_run_outputs
+from spine_model.steps import RunInputs, log_run_outputs, log_serving_model
 
 RETRIES = {"retries": 3, "retry_delay_seconds": 5}
 
@@ -30,8 +30,14 @@ def set_tags_task(run_id: str, tags: dict[str, Any], tracking_uri: str) -> None:
 
 @task(name="log-results", cache_policy=NO_CACHE, **RETRIES)
 def log_results_task(run_id: str, run: RunInputs, tracking_uri: str) -> dict[str, str]:
-    """Metrics, reports, plots, record, priors, weights, the PyTorch and serving models; returns their URIs."""
+    """Metrics, reports, plots, record, priors, weights and the PyTorch model; returns its URI."""
     return log_run_outputs(run_id, run, tracking_uri)
+
+
+@task(name="log-serving-model", cache_policy=NO_CACHE, **RETRIES)
+def log_serving_task(run_id: str, run: RunInputs, localiser_checkpoint: str | None, tracking_uri: str) -> str:
+    """The serving pyfunc of the classifier run, carrying the localiser when there is one; returns its URI."""
+    return log_serving_model(run_id, run, localiser_checkpoint, tracking_uri)
 
 
 @task(name="end-mlflow-run", **RETRIES)

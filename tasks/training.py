@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import sys
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from spine_model import tracking
-from spine_model.steps import RunInputs, evaluate_step, train_step
+from spine_model.steps import RunInputs, evaluate_localiser_step, evaluate_step, train_step
 from spine_model.train import EpochStats
 
 
@@ -23,8 +24,10 @@ def load_run_task(run_dir: str) -> RunInputs:
 def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str) -> dict[str, float]:
     """Fit the run's model; every epoch goes to MLflow (step = epoch) and the progress bar."""
     logger = get_run_logger()
-    epochs = run.record.config.epochs
-    progress_id = create_progress_artifact(0.0, key="spine-training-progress", description=f"training: {epochs} epochs")
+    config = run.record.config
+    epochs = config.epochs
+    key = "spine-localiser-progress" if config.model_family == "localiser" else "spine-training-progress"
+    progress_id = create_progress_artifact(0.0, key=key, description=f"training {config.model_family}: {epochs} epochs")
 
     def on_epoch_end(stats: EpochStats) -> None:
         metrics = {k: getattr(stats, k) for k in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")}
@@ -35,6 +38,24 @@ def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str) -> dict[st
     # Batch progress bars when a person watches a terminal; worker logs get the per-epoch lines.
     result = train_step(run, on_epoch_end, progress=sys.stderr.isatty())
     return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}
+
+
+@task(name="evaluate-localiser", cache_policy=NO_CACHE)
+def evaluate_localiser_task(run: RunInputs) -> dict[str, float]:
+    """The localiser's points against the labelled ones (and the coordinate prior's) on the validation
+    studies: a Markdown artifact with the table and pictures of a few studies."""
+    evaluation, paths = evaluate_localiser_step(run, progress=False)
+    get_run_logger().info("localiser evaluation\n%s", evaluation.describe())
+    picture = base64.b64encode(paths["examples_png"].read_bytes()).decode()
+    create_markdown_artifact(
+        f"# Localiser `{run.folder.root.parent.name}`\n\nValidation studies: distance from the labelled points "
+        f"(pixels, share of the image side) and slice error, beside the coordinate prior's.\n\n"
+        f"{evaluation.markdown()}\n\nLabelled points (green circles) and the localiser's (red crosses), "
+        f"`{paths['examples_png']}`:\n\n![localiser examples](data:image/png;base64,{picture})\n",
+        key="spine-localiser-evaluation",
+        description="localiser points on validation studies",
+    )
+    return evaluation.metrics()
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 FAMILY_MODULES: dict[str, str] = {
     "seed": "spine_model.families.seed",
     "crops": "spine_model.families.crops",
+    "localiser": "spine_model.families.localiser",
 }
 FamilyName = Literal[tuple(FAMILY_MODULES)]  # type: ignore[valid-type]  # the form's drop-down
 

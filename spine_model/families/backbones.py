@@ -16,6 +16,9 @@ import torch
 import torchvision
 from torch import nn
 
+# Families that reuse a ResNet's stem and layers by name (seed's SpineNet, the localiser) take these.
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights are neither cached nor downloadable; the message says how to provide them."""

@@ -41,6 +41,7 @@ class ModelFamily:
 
     name: str = ""
     input_names: tuple[str, ...] = ()
+    produces: str = "probabilities"  # or "points" (a localiser: see families/localiser)
 
     def check(self, config: TrainConfig) -> None:
         """Raise ValueError for settings this family cannot use (called when a config is built)."""
@@ -60,6 +61,11 @@ class ModelFamily:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of weighted losses, sum of weights) over labelled targets; see masked_cross_entropy."""
         return masked_cross_entropy(outputs, targets, class_weights)
+
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
+        """(correct, counted) for the training loop's accuracy: argmax against labelled targets."""
+        mask = targets != MISSING_LABEL
+        return int((outputs.argmax(-1).reshape(targets.shape) == targets)[mask].sum()), int(mask.sum())
 
     def cell_probabilities(
         self, outputs: np.ndarray, points: pd.DataFrame, class_prior: np.ndarray

@@ -16,6 +16,13 @@ from typing import Any
 import numpy as np
 
 DEFAULT_EXPERIMENT = "rsna-lumbar-spine"
+# What a logged model needs at load time, pinned to this environment's versions. Given explicitly,
+# because MLflow's own inference of them loads the model in a subprocess (about 20 s a model).
+MODEL_REQUIREMENTS = (
+    "torch", "torchvision", "numpy", "pandas", "pyarrow", "scikit-learn", "pydicom", "pillow", "pydantic", "tqdm",
+)  # fmt: skip
+# MLflow 3's UI opens an experiment by its kind: model training (runs table and charts), not GenAI.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_BATCH = 100  # MLflow caps params and metrics per log_batch call
 
 
@@ -29,6 +36,23 @@ def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+
+
+def pinned_requirements() -> list[str]:
+    """MODEL_REQUIREMENTS as `package==version` of the installed packages (local version labels dropped)."""
+    from importlib import metadata
+
+    return [f"{package}=={metadata.version(package).split('+')[0]}" for package in MODEL_REQUIREMENTS]
+
+
+def artifact_location(tracking_uri: str | None = None) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a local sqlite store (`mlartifacts/` next to
+    the .db file), so that every process logging to that store, whatever its working folder, writes
+    them to one place; None (the server's own choice) for a tracking server."""
+    uri = resolve_tracking_uri(tracking_uri)
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
 def client(tracking_uri: str | None = None):
@@ -46,7 +70,13 @@ def start_run(
     """Create a run in `experiment` (created if missing); returns the run id."""
     mlflow_client = client(tracking_uri)
     found = mlflow_client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found else mlflow_client.create_experiment(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found
+        else mlflow_client.create_experiment(
+            experiment, artifact_location=artifact_location(tracking_uri), tags=EXPERIMENT_TAGS
+        )
+    )
     run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
     return run.info.run_id
 
@@ -148,7 +178,10 @@ def log_pytorch_model(model, example_inputs: Mapping[str, np.ndarray], name: str
         inputs=Schema([TensorSpec(value.dtype, (-1, *value.shape[1:]), key) for key, value in examples.items()]),
         outputs=Schema([TensorSpec(np.dtype("float32"), (-1, *example_output.shape[1:]))]),
     )
-    info = mlflow.pytorch.log_model(model, name=name, signature=signature, input_example=list(examples.values()))
+    info = mlflow.pytorch.log_model(
+        model, name=name, signature=signature, input_example=list(examples.values()),
+        pip_requirements=pinned_requirements(),
+    )  # fmt: skip
     return info.model_uri
 
 

@@ -10,7 +10,6 @@ it the model decodes the frame's DICOM files itself, through the same code.
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -19,6 +18,7 @@ from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 
 from spine_model.constants import SEVERITY_COLUMNS
+from spine_model.tracking import pinned_requirements
 
 PYFUNC_NAME = "spine-net"
 STORE_SIZE = "store_size"
@@ -39,7 +39,6 @@ SIGNATURE = ModelSignature(
     outputs=Schema([ColSpec("string", "row_id"), *(ColSpec("double", column) for column in SEVERITY_COLUMNS)]),
     params=ParamSchema([ParamSpec("volume_store", "string", "")]),
 )
-_REQUIREMENTS = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "scikit-learn", "pydicom", "pillow", "tqdm")
 
 
 class SpineModel(mlflow.pyfunc.PythonModel):
@@ -48,7 +47,8 @@ class SpineModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from spine_model.inference import Predictor
 
-        self.predictor = Predictor.load(context.artifacts["weights"], context.artifacts["priors"])
+        artifacts = context.artifacts
+        self.predictor = Predictor.load(artifacts["weights"], artifacts["priors"], localiser=artifacts.get("localiser"))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from spine_model.volumes import VolumeStore
@@ -58,24 +58,34 @@ class SpineModel(mlflow.pyfunc.PythonModel):
 
 
 def log_pyfunc_model(
-    checkpoint: Path, priors: Path, input_example: pd.DataFrame, store_size: int, name: str = PYFUNC_NAME
+    checkpoint: Path,
+    priors: Path,
+    input_example: pd.DataFrame,
+    store_size: int,
+    localiser: Path | None = None,
+    name: str = PYFUNC_NAME,
 ) -> str:
     """Log the serving model into the active MLflow run (the caller opens it); returns its URI.
 
     The library's code travels with the model (code_paths), so a serving host needs only the
-    pinned requirements, not this repository. The model's metadata records the volume store size it
-    reads (see `serving_store_size`).
+    pinned requirements, not this repository. With `localiser` (a localiser checkpoint), studies
+    without given points get the localiser's points, the coordinate prior's where it finds none.
+    The model's metadata records the volume store size it reads (see `serving_store_size`).
     """
-    requirements = [f"{package}=={metadata.version(package).split('+')[0]}" for package in _REQUIREMENTS]
+    requirements = pinned_requirements()
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=SpineModel(),
-        artifacts={"weights": str(checkpoint), "priors": str(priors)},
+        artifacts={
+            "weights": str(checkpoint),
+            "priors": str(priors),
+            **({"localiser": str(localiser)} if localiser else {}),
+        },
         signature=SIGNATURE,
         input_example=input_example,
         code_paths=[str(Path(__file__).resolve().parents[1])],
         pip_requirements=requirements,
-        metadata={STORE_SIZE: store_size},
+        metadata={STORE_SIZE: store_size, "localiser": localiser is not None},
     )
     return info.model_uri
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pandas as pd
 
+from spine_model.catalog import checkpoint_files
 from spine_model.compare import METRICS, SETTINGS, VAL_FINGERPRINT, Decision, decide, servable
 from spine_model.tracking import client, resolve_tracking_uri
 
+LOCALISER_WEIGHTS = checkpoint_files(".")[0].name  # a run's logged weights/<best checkpoint>
+
 MODEL_NAME = "spine-net"
+LOCALISER_NAME = "spine-localiser"
+LOCALISER_TAG = "localiser_model"  # on a classifier run and its versions: models:/spine-localiser/N it carries
 CHAMPION, CHALLENGER = "champion", "challenger"
 
 
@@ -44,7 +52,11 @@ def register_version(run_id: str, model_uri: str, name: str = MODEL_NAME, tracki
     if existing:
         return existing[0].version
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    return mlflow.register_model(model_uri, name, tags={"run_id": run_id}).version
+    tags = {"run_id": run_id}
+    carried = mlflow_client.get_run(run_id).data.tags.get(LOCALISER_TAG)
+    if carried:  # the version names the localiser version its serving model carries
+        tags[LOCALISER_TAG] = carried
+    return mlflow.register_model(model_uri, name, tags=tags).version
 
 
 def alias_run_id(alias: str, name: str = MODEL_NAME, tracking_uri: str | None = None) -> str | None:
@@ -90,3 +102,63 @@ def update_aliases(ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: s
         if value is not None:
             mlflow_client.set_model_version_tag(name, best_version, key, str(value))
     return decision
+
+
+LOCALISER_SCORE = "val_loc_distance_share"  # mean distance to the labelled points, share of the image side
+
+
+def register_localiser(
+    run_id: str, model_uri: str, name: str = LOCALISER_NAME, tracking_uri: str | None = None
+) -> Decision:
+    """Register a localiser run's model; `champion` moves to it when it places the validation points
+    closer than the current champion did, on the same validation studies (or when there is none)."""
+    mlflow_client = client(tracking_uri)
+    version = register_version(run_id, model_uri, name, tracking_uri)
+
+    def scored(any_run_id: str) -> pd.Series:
+        run = mlflow_client.get_run(any_run_id)
+        return pd.Series(
+            {"run_id": any_run_id, LOCALISER_SCORE: run.data.metrics.get(LOCALISER_SCORE, float("inf")),
+             VAL_FINGERPRINT: run.data.params.get(VAL_FINGERPRINT)}
+        )  # fmt: skip
+
+    champion_id = alias_run_id(CHAMPION, name, tracking_uri)
+    decision = decide(scored(run_id), scored(champion_id) if champion_id else None, score=LOCALISER_SCORE)
+    if decision.promote:
+        mlflow_client.set_registered_model_alias(name, CHAMPION, version)
+    mlflow_client.set_model_version_tag(name, version, "champion_decision", decision.describe())
+    return decision
+
+
+def localiser_version_uri(run_id: str, name: str = LOCALISER_NAME, tracking_uri: str | None = None) -> str:
+    """models:/NAME/VERSION of a localiser run's registered version."""
+    versions = client(tracking_uri).search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if not versions:
+        raise ValueError(f"localiser run {run_id} has no registered version of {name!r}")
+    return f"models:/{name}/{versions[0].version}"
+
+
+def download_localiser(uri: str, dest: str | Path, tracking_uri: str | None = None) -> tuple[Path, str, str]:
+    """The weights of a registered localiser (models:/NAME@ALIAS or models:/NAME/VERSION), downloaded
+    into `dest`; returns (checkpoint path, the localiser's run id, models:/NAME/VERSION)."""
+    from mlflow.exceptions import MlflowException
+
+    match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", uri)
+    if match is None:
+        raise ValueError(f"localiser URI {uri!r} is not models:/NAME@ALIAS or models:/NAME/VERSION")
+    name, alias, number = match.groups()
+    mlflow_client = client(tracking_uri)
+    try:
+        version = (
+            mlflow_client.get_model_version_by_alias(name, alias)
+            if alias
+            else mlflow_client.get_model_version(name, number)
+        )
+    except MlflowException as error:
+        raise ValueError(
+            f"no registered localiser {uri} at {resolve_tracking_uri(tracking_uri)}: train one first "
+            f"(localiser='train'), or train without (localiser='off') ({error})"
+        ) from None
+    Path(dest).mkdir(parents=True, exist_ok=True)
+    path = mlflow_client.download_artifacts(version.run_id, f"weights/{LOCALISER_WEIGHTS}", str(dest))
+    return Path(path), version.run_id, f"models:/{name}/{version.version}"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -14,7 +16,7 @@ from prefect.client.orchestration import get_client
 
 from flows.config import PipelineConfig
 from flows.train import train_pipeline
-from spine_model.catalog import RunFolder
+from spine_model.catalog import RunFolder, Workspace
 from spine_model.constants import SEVERITY_COLUMNS
 from spine_model.inference import Predictor, inference_frame
 from spine_model.steps import RunInputs
@@ -42,6 +44,11 @@ def test_pipeline_logs_a_complete_mlflow_run(local_run):
     assert run.data.tags["prefect.train_deployment"] == "in-process"
     experiment = mlflow.MlflowClient(config.tracking_uri).get_experiment(run.info.experiment_id)
     assert experiment.name == "rsna-lumbar-spine"
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the model-training view
+    # Artifacts beside the sqlite store, not in whatever folder a process happens to run in.
+    store_dir = Path(config.tracking_uri.removeprefix("sqlite:///")).parent
+    assert experiment.artifact_location == (store_dir / "mlartifacts").as_uri()
+    assert (store_dir / "mlartifacts").is_dir()
 
 
 def test_checkpoint_and_serving_model_reproduce_the_validation_predictions(local_run, tiny_data):
@@ -62,6 +69,62 @@ def test_checkpoint_and_serving_model_reproduce_the_validation_predictions(local
     for predicted in (from_pyfunc, from_checkpoint):
         assert predicted["row_id"].tolist() == evaluated["row_id"].tolist()
         np.testing.assert_allclose(predicted[list(SEVERITY_COLUMNS)], evaluated[list(SEVERITY_COLUMNS)], atol=1e-5)
+
+
+def test_crops_train_a_localiser_beside_and_the_serving_model_carries_it(local_run, tiny_data, caplog):
+    config, result = local_run
+    client = mlflow.MlflowClient(config.tracking_uri)
+    parent = client.get_run(result["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    if config.model_family == "seed":  # 'auto' trains no localiser for seed
+        assert parent.data.params["localiser_mode"] == "off" and not children
+        assert parent.data.tags["localiser"] == "no"
+        return
+    assert parent.data.params["localiser_mode"] == "train" and parent.data.tags["localiser"] == "yes"
+    assert len(children) == 1
+    localiser = children[0]
+    assert localiser.info.status == "FINISHED" and localiser.data.params["model_family"] == "localiser"
+    assert {"val_loc_distance_share", "val_prior_loc_distance_share", "val_loc_slice_error"} <= set(
+        localiser.data.metrics
+    )
+    assert [m.step for m in client.get_metric_history(localiser.info.run_id, "train_loss")] == [1, 2]
+    artifacts = {item.path for item in client.list_artifacts(localiser.info.run_id, "plots")}
+    assert "plots/localiser_examples.png" in artifacts
+    version = client.get_model_version_by_alias("spine-localiser", "champion")
+    assert version.run_id == localiser.info.run_id
+    # The classifier's run and its registered version name the localiser version they carry.
+    carried = f"models:/spine-localiser/{version.version}"
+    assert parent.data.tags["localiser_model"] == carried
+    classifier = client.search_model_versions(f"name = 'spine-net' and run_id = '{parent.info.run_id}'")
+    assert [v.tags["localiser_model"] for v in classifier] == [carried]
+
+    mlflow.set_tracking_uri(config.tracking_uri)
+    serving = mlflow.pyfunc.load_model(parent.data.tags["serving_model_uri"])
+    frame = inference_frame(tiny_data, "test")
+    with caplog.at_level(logging.INFO, logger="spine_model.inference"):
+        submission = serving.predict(frame)
+    assert len(submission) == 25 * frame["study_id"].nunique()
+    assert any("points from localiser" in message for message in caplog.messages)
+
+
+def test_a_registered_localiser_is_reused_and_a_missing_one_is_a_clear_error(local_run):
+    config, result = local_run
+    reuse = config.model_copy(
+        update={"model_family": "seed", "localiser": "reuse", "run_name": f"reuse-{config.model_family}",
+                "compare_after": False, "epochs": 1}
+    )  # fmt: skip
+    if config.model_family == "seed":  # this run's store holds no localiser
+        with pytest.raises(Exception, match="no registered localiser"):
+            train_pipeline(reuse)
+        # Found out before any training: no checkpoint was written.
+        assert not Workspace(config.workdir).run(reuse.run_name).last_checkpoint.exists()
+        return
+    second = train_pipeline(reuse)  # the crops run registered one
+    run = mlflow.MlflowClient(config.tracking_uri).get_run(second["mlflow_run_id"])
+    assert run.data.params["localiser_mode"] == "reuse" and run.data.tags["localiser"] == "yes"
+    champion = mlflow.MlflowClient(config.tracking_uri).get_model_version_by_alias("spine-localiser", "champion")
+    assert run.data.tags["localiser_model"] == f"models:/spine-localiser/{champion.version}"
+    assert RunFolder(second["run_dir"]).localiser.best_checkpoint.is_file()
 
 
 def test_prefect_shows_summary_and_progress_artifacts(local_run):
@@ -114,10 +177,10 @@ def test_volume_store_is_cached_until_a_dicom_or_the_index_changes(prefect_harne
     assert store_twice(str(data_dir))[0] == ("Completed", 0)
 
 
-def test_failed_dispatch_fails_the_parent_and_marks_the_run_failed(prefect_harness, tiny_data, tmp_path):
+def test_failed_dispatch_fails_the_parent_and_marks_the_runs_failed(prefect_harness, tiny_data, tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = PipelineConfig(
-        data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=tracking_uri,
+        data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=tracking_uri, model_family="crops",
         dispatch="work-pool", gpu_deployment="train-on-gpu/does-not-exist", dispatch_timeout_s=30, **TINY_TRAIN,
     )  # fmt: skip
     with pytest.raises(Exception, match="does-not-exist"):
@@ -125,7 +188,11 @@ def test_failed_dispatch_fails_the_parent_and_marks_the_run_failed(prefect_harne
     runs = mlflow.MlflowClient(tracking_uri).search_runs(
         [mlflow.MlflowClient(tracking_uri).get_experiment_by_name("rsna-lumbar-spine").experiment_id]
     )
-    assert [r.info.status for r in runs] == ["FAILED"]
+    assert sorted(r.info.run_name.endswith("-localiser") for r in runs) == [
+        False,
+        True,
+    ]  # the pipeline's and its localiser's
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
 
 
 def test_cli_evaluate_reproduces_the_runs_score(local_run):

@@ -47,21 +47,28 @@ def test_pipeline_dispatches_training_to_the_gpu_pool(stack, tiny_data, tmp_path
         assert parent.state.is_completed(), f"{parent.state}; logs in {stack.state_dir / 'logs'}"
         assert parent.work_pool_name == "cpu"
         with get_client(sync_client=True) as client:
-            children = client.read_flow_runs(
-                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=["spine-train-gpu"]))
+            children, localisers = (
+                client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+                for name in ("spine-train-gpu", "spine-localiser-gpu")
             )
-    assert len(children) == 1, stack.dead()
+    assert len(children) == 1 and len(localisers) == 1, stack.dead()
     child = children[0]
-    assert child.state.is_completed()
-    assert child.work_pool_name == "gpu"
-    assert child.infrastructure_pid  # set by the process worker that started it
-    assert child.parent_task_run_id is not None  # tracked as a subflow of the parent
+    for started in (child, localisers[0]):  # classifier and localiser, side by side on the gpu pool
+        assert started.state.is_completed()
+        assert started.work_pool_name == "gpu"
+        assert started.infrastructure_pid  # set by the process worker that started it
+        assert started.parent_task_run_id is not None  # tracked as a subflow of the parent
 
     client = mlflow.MlflowClient(stack.mlflow_url)
     experiment = client.get_experiment_by_name("rsna-lumbar-spine")
     runs = client.search_runs([experiment.experiment_id], f"tags.`prefect.flow_run_id` = '{parent.id}'")
-    assert len(runs) == 1
+    localiser_runs = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    runs = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(runs) == 1 and len(localiser_runs) == 1
     run = runs[0]
+    assert localiser_runs[0].data.tags["mlflow.parentRunId"] == run.info.run_id
+    assert localiser_runs[0].data.tags["prefect.train_flow_run_id"] == str(localisers[0].id)
+    assert run.data.tags["localiser"] == "yes"
     assert run.data.tags["prefect.train_flow_run_id"] == str(child.id)
     assert run.data.tags["prefect.deployment"] == "spine-pipeline"
     assert run.data.tags["prefect.train_deployment"] == "spine-train-gpu"

@@ -64,7 +64,7 @@ def _points(store: MemoryVolumeStore, **columns) -> pd.DataFrame:
 
 
 def test_registry_names_every_family_and_rejects_unknown_ones():
-    assert set(FAMILY_MODULES) == {"seed", "crops"}
+    assert set(FAMILY_MODULES) == {"seed", "crops", "localiser"}
     for name in FAMILY_MODULES:
         family = get_family(name)
         assert family.name == name and family.input_names

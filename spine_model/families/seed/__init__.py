@@ -10,12 +10,10 @@ import pandas as pd
 from torch import nn
 from torch.utils.data import Dataset
 
+from spine_model.families.backbones import RESNETS
 from spine_model.families.base import ModelFamily, mean_by_study, softmax
 from spine_model.families.seed.data import SeedDataset
 from spine_model.families.seed.model import create_spinenet
-
-# SpineNet reuses a ResNet's conv1, bn1 and layer1-4 by name.
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 
 class SeedFamily(ModelFamily):
