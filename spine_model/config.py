@@ -68,6 +68,11 @@ class TrainConfig(BaseModel):
     seed: int = Field(42, description="seed for weights init and shuffling")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'")
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
+    channels_last: bool = Field(True, description="NHWC memory order for the model and its image inputs")
+    compile: bool = Field(
+        False, description="torch.compile the model for training (slower first epoch; worth it for long GPU runs)"
+    )
+    cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution per input size (CUDA)")
     restore_best: bool = Field(True, description="evaluate the lowest-val-loss epoch's weights")
 
     @model_validator(mode="after")

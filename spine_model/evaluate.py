@@ -36,7 +36,7 @@ from spine_model.metrics import (
     weighted_log_loss,
 )
 from spine_model.split import StudySplit
-from spine_model.train import make_loader, resolve_device, to_device
+from spine_model.train import make_loader, model_batches, resolve_device
 from spine_model.volumes import VolumeReader
 
 CLASS_LABELS = list(range(len(SEVERITIES)))
@@ -45,15 +45,20 @@ SAVED = ("summary", "summary_markdown", "metrics", "reports_json", "reports_text
 
 @torch.no_grad()
 def predict_outputs(
-    model: nn.Module, loader: DataLoader, device: torch.device, amp: bool = True, progress: bool = True
+    model: nn.Module, loader: DataLoader, config: TrainConfig, device: torch.device, progress: bool = True
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The model's outputs for every item of `loader`, in order, and the items' targets."""
+    """The model's outputs for every item of `loader` (a dataset of `config`'s family), in order, and
+    the items' targets; the batches are prepared on the device as in training, without augmentation."""
+    family = get_family(config.model_family)
     model.to(device).eval()
+    if config.channels_last:  # as in training: the same layout, the same convolution kernels
+        model.to(memory_format=torch.channels_last)
     outputs, targets = [], []
-    for inputs, batch_targets in tqdm(loader, desc="predict", leave=False, disable=not progress):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp and device.type == "cuda"):
-            outputs.append(model(*to_device(inputs, device)).float().cpu().numpy())
-        targets.append(batch_targets.numpy())
+    batches = model_batches(loader, family, config, device, train=False)
+    for inputs, batch_targets in tqdm(batches, desc="predict", total=len(loader), leave=False, disable=not progress):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.amp and device.type == "cuda"):
+            outputs.append(model(*inputs).float().cpu().numpy())
+        targets.append(batch_targets.cpu().numpy())
     if not outputs:
         raise ValueError("nothing to predict: the loader is empty")
     return np.concatenate(outputs), np.concatenate(targets)
@@ -315,7 +320,7 @@ def evaluate_model(
     device = resolve_device(config.device)
     val_points = split.select(points, "val")
     loader = make_loader(family.dataset(val_points, store, config, train=False), config, False, device)
-    outputs, targets = predict_outputs(model, loader, device, config.amp, progress)
+    outputs, targets = predict_outputs(model, loader, config, device, progress)
     prior = class_prior(split.select(labels, "train"))
     loss, _ = point_loss_and_accuracy(outputs, targets, config.class_weights)
     cells = family.cell_probabilities(outputs, val_points, prior)

@@ -18,14 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from torch import nn
-from torch.utils.data import DataLoader
 
 from spine_model.catalog import atomic_write
 from spine_model.config import TrainConfig
 from spine_model.constants import CONDITION_SERIES, LEVELS, images_dir
 from spine_model.evaluate import predict_outputs
 from spine_model.families import get_family
-from spine_model.families.base import CELLS_SHAPE
+from spine_model.families.base import CELLS_SHAPE, batches
 from spine_model.families.localiser.locate import Localiser
 from spine_model.ingest import load_coordinates, load_series_descriptions
 from spine_model.metrics import submission_from_probabilities
@@ -269,7 +268,7 @@ class Predictor:
             )  # fmt: skip
         if located.empty:
             return {}
-        loader = DataLoader(family.dataset(located, store, self.config, train=False), batch_size=self.config.batch_size)
-        outputs, _ = predict_outputs(self.model, loader, resolve_device(self.device), self.config.amp, progress=False)
+        loader = batches(family.dataset(located, store, self.config, train=False), self.config.batch_size)
+        outputs, _ = predict_outputs(self.model, loader, self.config, resolve_device(self.device), progress=False)
         cells = family.cell_probabilities(outputs, located, self.class_prior)
         return {study_id: probabilities.reshape(CELLS_SHAPE) for study_id, probabilities in cells.items()}

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from torch.utils.data import DataLoader
 
 from spine_model import tracking
 from spine_model.catalog import DatasetCache, RunFolder, RunRecord, atomic_write
@@ -27,6 +26,7 @@ from spine_model.config import TrainConfig
 from spine_model.constants import SOLUTION_CSV
 from spine_model.evaluate import Evaluation, evaluate_model, label_counts
 from spine_model.families import get_family
+from spine_model.families.base import model_inputs
 from spine_model.families.localiser.locate import Localiser
 from spine_model.inference import CoordinatePrior, load_priors, save_priors
 from spine_model.ingest import build_long_table, dicom_path, load_series_descriptions, write_table
@@ -264,8 +264,7 @@ def log_run_outputs(run_id: str, run: RunInputs, tracking_uri: str | None = None
     tracking.log_artifacts(run_id, [folder.best_checkpoint], "weights", tracking_uri)
 
     examples = run.record.split.select(run.points, "val").head(2)
-    dataset = family.dataset(examples, run.store, config, train=False)
-    inputs, _ = next(iter(DataLoader(dataset, batch_size=2, collate_fn=getattr(dataset, "collate", None))))
+    inputs, _ = model_inputs(family, family.dataset(examples, run.store, config, train=False), config, 2)
     with tracking.active_run(run_id, tracking_uri):
         named = {name: tensor.numpy() for name, tensor in zip(family.input_names, inputs, strict=True)}
         uris = {"model_uri": tracking.log_pytorch_model(model, named)}

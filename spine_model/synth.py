@@ -175,10 +175,23 @@ class _Series:
         offset = point - self.origins[k]
         return k, float(offset @ self.row_cosines / self.spacing), float(offset @ self.column_cosines / self.spacing)
 
-    def world(self, k: int) -> np.ndarray:
-        """(rows, columns, 3) patient coordinates of slice k's pixels."""
-        yy, xx = np.mgrid[0 : self.rows, 0 : self.columns].astype(np.float64) * self.spacing
-        return self.origins[k] + xx[..., None] * self.row_cosines + yy[..., None] * self.column_cosines
+    def world(self, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Patient x, y, z (mm) of slice k's pixels, each broadcastable to (rows, columns).
+
+        A coordinate that one image axis does not change is kept as a row or column vector (or a
+        single value), so that what depends on it is computed once per row or column.
+        """
+        along_columns = np.arange(self.columns, dtype=np.float64)[None, :] * self.spacing
+        along_rows = np.arange(self.rows, dtype=np.float64)[:, None] * self.spacing
+        axes = []
+        for d in range(3):
+            value = np.full((1, 1), self.origins[k][d])
+            if self.row_cosines[d]:
+                value = value + along_columns * self.row_cosines[d]
+            if self.column_cosines[d]:
+                value = value + along_rows * self.column_cosines[d]
+            axes.append(value)
+        return axes[0], axes[1], axes[2]
 
 
 def _series_points(series: _Series, spine: _Spine, labels: np.ndarray, rng: np.random.Generator) -> list[_Point]:
@@ -206,23 +219,26 @@ def _anatomy(series: _Series, spine: _Spine, k: int) -> np.ndarray:
     The discs mark the levels: bright on T2 and axial slices through a disc, dark on T1; on T1 the
     foramina show on the slices through them.
     """
-    world = series.world(k)
-    x, y, z = world[..., 0], world[..., 1], world[..., 2]
+    x, y, z = series.world(k)
     discs = np.exp(-(((z[..., None] - spine.level_z) / 3.5) ** 2)).max(axis=-1)
     front = spine.canal_y - 26
     if series.description == AXIAL_T2:
         body = (((x - spine.canal_x) / 22) ** 2 + ((y - front) / 15) ** 2 < 1).astype(np.float64)
         canal = np.exp(-((x - spine.canal_x) ** 2 + (y - spine.canal_y) ** 2) / 50)
-        return 0.3 + body * (0.12 + 0.3 * discs) + 0.35 * canal
+        return _full(series, 0.3 + body * (0.12 + 0.3 * discs) + 0.35 * canal)
     body = _box(y, spine.canal_y - 42, spine.canal_y - 10) * _box(x, spine.canal_x - 25, spine.canal_x + 25)
     if series.description == SAGITTAL_T2:
         canal = np.exp(-(((y - spine.canal_y) / 3) ** 2) - ((x - spine.canal_x) / 7) ** 2)
-        return 0.3 + body * (0.1 + 0.3 * discs) + 0.45 * canal
+        return _full(series, 0.3 + body * (0.1 + 0.3 * discs) + 0.45 * canal)
     # T1: the foramina, fat-bright, on the slices that pass through them (left and right of the canal).
     beside = np.exp(-(((np.abs(x - spine.canal_x) - spine.foramen_dx) / 3) ** 2))
     at_levels = np.exp(-(((z[..., None] - spine.level_z - 3) / 5) ** 2)).max(axis=-1)
     foramina = beside * np.exp(-(((y - spine.canal_y + 5) / 4) ** 2)) * at_levels
-    return 0.3 + body * (0.25 - 0.2 * discs) + 0.3 * foramina
+    return _full(series, 0.3 + body * (0.25 - 0.2 * discs) + 0.3 * foramina)
+
+
+def _full(series: _Series, image: np.ndarray) -> np.ndarray:
+    return np.broadcast_to(image, (series.rows, series.columns))
 
 
 def _render_series(series: _Series, spine: _Spine, points: list[_Point], rng: np.random.Generator) -> np.ndarray:
@@ -304,17 +320,33 @@ def write_dicom(
     ds.save_as(path, enforce_file_format=True)
 
 
-def _study_series(spine: _Spine, image_size: int, n_slices: int, rng: np.random.Generator) -> list[_Series]:
+Size = int | tuple[int, int]  # a fixed number, or an inclusive range drawn from per series
+
+
+def _draw(size: Size, rng: np.random.Generator, step: int = 1) -> int:
+    """A fixed size as it is (no random draw, so fixed sizes keep their files); a range drawn from."""
+    if isinstance(size, int):
+        return size
+    low, high = size
+    return int(rng.integers(low // step, high // step + 1)) * step
+
+
+def _study_series(
+    spine: _Spine, image_size: Size, n_slices: Size, axial_slices: Size, rng: np.random.Generator
+) -> list[_Series]:
     """A study's series: sagittal T1, sagittal T2/STIR, and one axial T2 stack over all levels or,
     in some studies, two: an upper and a lower stack that each reach one level into the other's,
     where only one of them carries that level's points."""
     all_levels = tuple(range(len(LEVELS)))
-    series = [_Series.sample(d, spine, all_levels, image_size, n_slices, rng) for d in (SAGITTAL_T1, SAGITTAL_T2)]
+    series = [
+        _Series.sample(d, spine, all_levels, _draw(image_size, rng, 2), _draw(n_slices, rng), rng)
+        for d in (SAGITTAL_T1, SAGITTAL_T2)
+    ]
     axial = (
         [((0, 1, 2), (0, 1, 2, 3)), ((3, 4), (2, 3, 4))] if rng.random() < AXIAL_SPLIT_SHARE else [(all_levels,) * 2]
     )
     for carried, covered in axial:
-        stack = _Series.sample(AXIAL_T2, spine, covered, image_size, n_slices, rng)
+        stack = _Series.sample(AXIAL_T2, spine, covered, _draw(image_size, rng, 2), _draw(axial_slices, rng), rng)
         series.append(dataclasses.replace(stack, levels=carried))
     return series
 
@@ -324,19 +356,21 @@ def _write_study(
     split: str,
     study_id: int,
     labels: np.ndarray,
-    image_size: int,
-    n_slices: int,
+    image_size: Size,
+    n_slices: Size,
+    axial_slices: Size,
     rng: np.random.Generator,
 ) -> tuple[list[dict], list[dict], int]:
     """Write one study's series; returns (series rows, coordinate rows, files written)."""
     series_rows, coordinate_rows, files = [], [], 0
     spine = _Spine.sample(rng)
-    for series in _study_series(spine, image_size, n_slices, rng):
+    for series in _study_series(spine, image_size, n_slices, axial_slices, rng):
         series_id = int(rng.integers(10**7, 5 * 10**9))
         points = _series_points(series, spine, labels, rng)
         stack = _render_series(series, spine, points, rng)
         first_instance = int(rng.integers(1, 4))
         reversed_numbering = bool(rng.random() < 0.3)
+        n_slices = len(stack)
         instance_of_slice = [first_instance + (n_slices - 1 - k if reversed_numbering else k) for k in range(n_slices)]
         for k in range(n_slices):
             write_dicom(
@@ -369,6 +403,10 @@ def _write_study(
     return series_rows, coordinate_rows, files
 
 
+def _smallest(size: Size) -> int:
+    return size if isinstance(size, int) else min(size)
+
+
 def _labels_frame(study_labels: dict[int, np.ndarray]) -> pd.DataFrame:
     """train.csv-shaped frame of severity strings (empty string = missing)."""
     names = np.array([*SEVERITIES, ""], dtype=object)  # index -1 picks ""
@@ -382,17 +420,28 @@ def generate_dataset(
     out_dir: str | Path,
     n_studies: int = 100,
     n_test_studies: int = 10,
-    image_size: int = 96,
-    n_slices: int = 10,
+    image_size: Size = 96,
+    n_slices: Size = 10,
     seed: int = 0,
+    axial_slices: Size | None = None,
 ) -> SynthSummary:
-    """Write a synthetic dataset in the Kaggle layout to `out_dir`; deterministic per `seed`."""
+    """Write a synthetic dataset in the Kaggle layout to `out_dir`; deterministic per `seed`.
+
+    image_size: DICOM width in pixels (heights vary around it); n_slices: slices per series, and
+    per axial series unless `axial_slices` says otherwise. Each is a number, or a (low, high)
+    range drawn from per series, e.g. the real data's sizes: image_size=(384, 640),
+    n_slices=(15, 20), axial_slices=(20, 40).
+    """
+    axial_slices = n_slices if axial_slices is None else axial_slices
     if n_studies < 1 or n_test_studies < 0:
         raise ValueError(f"need at least one train study (got {n_studies}) and >= 0 test studies")
-    if image_size < 16:
+    if _smallest(image_size) < 16:
         raise ValueError(f"image_size must be at least 16 px, got {image_size}")
-    if n_slices < len(LEVELS):
-        raise ValueError(f"n_slices must be at least {len(LEVELS)} (one axial slice per level)")
+    if min(_smallest(n_slices), _smallest(axial_slices)) < len(LEVELS):
+        raise ValueError(
+            f"n_slices and axial_slices must be at least {len(LEVELS)} (one axial slice per level), "
+            f"got {n_slices} and {axial_slices}"
+        )
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -412,7 +461,7 @@ def generate_dataset(
             labels = _sample_labels(rng)
             all_labels[split][study_id] = labels
             study_series, study_coordinates, n_files = _write_study(
-                root, split, study_id, labels, image_size, n_slices, rng
+                root, split, study_id, labels, image_size, n_slices, axial_slices, rng
             )
             series_rows += study_series
             files += n_files
@@ -462,6 +511,7 @@ def generate_dataset(
                 "seed": seed,
                 "image_size": image_size,
                 "n_slices": n_slices,
+                **({"axial_slices": axial_slices} if axial_slices != n_slices else {}),
                 **{k: v for k, v in asdict(summary).items() if k != "out_dir"},
             },
             indent=2,

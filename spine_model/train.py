@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -81,6 +81,23 @@ def to_device(inputs: list[torch.Tensor], device: torch.device) -> list[torch.Te
     return [tensor.to(device, non_blocking=True) for tensor in inputs]
 
 
+def channels_last(inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Image batches (4-D) in NHWC memory order, which tensor-core (and oneDNN CPU) convolutions prefer."""
+    return [tensor.contiguous(memory_format=torch.channels_last) if tensor.dim() == 4 else tensor for tensor in inputs]
+
+
+def model_batches(
+    loader: DataLoader, family: ModelFamily, config: TrainConfig, device: torch.device, train: bool
+) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
+    """The loader's batches as the model's inputs on the device: copied (non-blocking from pinned
+    memory), then prepared by the family (resize, normalise, augment: batched, on the device)."""
+    for inputs, targets in loader:
+        inputs = family.prepare(to_device(inputs, device), config, train)
+        if config.channels_last:
+            inputs = channels_last(inputs)
+        yield inputs, targets.to(device, non_blocking=True)
+
+
 def run_epoch(
     model: nn.Module,
     family: ModelFamily,
@@ -96,29 +113,30 @@ def run_epoch(
     (the family's `hits`: a classifier's argmax, a localiser's points found where labelled)."""
     training = optimizer is not None
     model.train(training)
-    loss_total = weight_total = 0.0
-    correct = labelled = 0
+    # Sums stay on the device: reading them every step would make the host wait for the GPU.
+    loss_total, weight_total, correct, labelled = (torch.zeros((), device=device) for _ in range(4))
     use_amp = config.amp and device.type == "cuda"
+    batches = model_batches(loader, family, config, device, training)
     with torch.set_grad_enabled(training):
-        for inputs, targets in tqdm(loader, desc=desc, leave=False, disable=not progress):
-            inputs, targets = to_device(inputs, device), targets.to(device, non_blocking=True)
+        for inputs, targets in tqdm(batches, desc=desc, total=len(loader), leave=False, disable=not progress):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 outputs = model(*inputs)
             loss_sum, weight_sum = family.loss(outputs, targets, class_weights)
-            if training and weight_sum > 0:
+            if training:
                 optimizer.zero_grad(set_to_none=True)
-                (loss_sum / weight_sum).backward()
+                # A batch without labelled targets has loss_sum 0, so no gradient (not 0 / 0).
+                (loss_sum / weight_sum.clamp_min(1e-12)).backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
             batch_correct, batch_labelled = family.hits(outputs.detach(), targets)
             correct += batch_correct
             labelled += batch_labelled
-            loss_total += float(loss_sum.detach())
-            weight_total += float(weight_sum)
-    if labelled == 0:
+            loss_total += loss_sum.detach().float()
+            weight_total += weight_sum.detach().float()
+    if int(labelled) == 0:
         raise ValueError(f"{desc or 'epoch'}: no labelled targets in {len(loader.dataset)} points")
-    return loss_total / weight_total, correct / labelled
+    return float(loss_total / weight_total), float(correct / labelled)
 
 
 def fit(
@@ -134,6 +152,12 @@ def fit(
     """Train `model` for `config.epochs`; keep (and save) the lowest-val-loss weights."""
     device = resolve_device(config.device)
     model.to(device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = config.cudnn_benchmark  # fixed input sizes: autotune once
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    # The compiled module shares its parameters with `model`, which checkpoints and evaluation use.
+    step_model = torch.compile(model) if config.compile else model
     class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -148,10 +172,11 @@ def fit(
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_accuracy = run_epoch(
-            model, family, train_loader, device, class_weights, config, optimizer, f"epoch {epoch} train", progress
-        )
+            step_model, family, train_loader, device, class_weights, config, optimizer, f"epoch {epoch} train",
+            progress,
+        )  # fmt: skip
         val_loss, val_accuracy = run_epoch(
-            model, family, val_loader, device, class_weights, config, None, f"epoch {epoch} val", progress
+            step_model, family, val_loader, device, class_weights, config, None, f"epoch {epoch} val", progress
         )
         scheduler.step(val_loss)
         stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - started)

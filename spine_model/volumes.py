@@ -27,12 +27,12 @@ from PIL import Image
 
 from spine_model.catalog import StoreFiles, atomic_write
 from spine_model.constants import images_dir
-from spine_model.dicom import DicomReadError, apply_window, read_frame, window
 from spine_model.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
-STORE_FORMAT = 2  # a series stored by an older version of this module is stored again
+STORE_FORMAT = 3  # a series stored by an older version of this module is stored again
+WINDOW_SAMPLES = 1_000_000  # pixels of a series that its intensity window is computed from
 SERIES_KEY = ["study_id", "series_id"]
 SLICE_KEY = ["study_id", "series_id", "instance_number"]
 # Patient geometry of a slice: ImagePositionPatient and ImageOrientationPatient (row, then column
@@ -65,6 +65,8 @@ def read_series(files: Sequence[tuple[int, str | Path]], size: int) -> SeriesVol
     One window (0.5 / 99.5 percentiles) for the whole series, so that neighbouring slices keep
     their relative brightness; unreadable files are returned with their reason, not raised.
     """
+    from spine_model.dicom import DicomReadError, apply_window, read_frame, window  # pydicom: only to decode
+
     decoded, unreadable = [], []
     for instance_number, path in files:
         try:
@@ -78,7 +80,10 @@ def read_series(files: Sequence[tuple[int, str | Path]], size: int) -> SeriesVol
     )
     if not decoded:
         return SeriesVolume(np.zeros((0, size, size), np.uint8), slices, unreadable)
-    low, high = window(np.concatenate([frame.pixels.ravel() for _, frame in decoded]))
+    # The window's percentiles from at most WINDOW_SAMPLES evenly strided pixels of the series: the
+    # same window to a fraction of a grey level, at a fraction of the cost of sorting them all.
+    stride = max(1, sum(frame.pixels.size for _, frame in decoded) // WINDOW_SAMPLES)
+    low, high = window(np.concatenate([frame.pixels.ravel()[::stride] for _, frame in decoded]))
     pixels = np.stack([resize_square(apply_window(frame.pixels, low, high), size) for _, frame in decoded])
     return SeriesVolume(pixels, slices, unreadable)
 

@@ -64,8 +64,8 @@ def prefect_harness():
 
 
 TINY_TRAIN = {
-    "store_size": 32, "image_size": 32, "crop_size": 16, "crop_pooling": "channels", "epochs": 2, "batch_size": 16, "num_workers": 0,
-    "pretrained": False, "val_fraction": 0.25, "lr": 1e-3, "preprocess_workers": 1,
+    "store_size": 32, "image_size": 32, "crop_size": 16, "crop_pooling": "channels", "epochs": 2, "batch_size": 16,
+    "num_workers": 0, "pretrained": False, "val_fraction": 0.25, "lr": 1e-3, "preprocess_workers": 1,
     "localiser_image_size": 32, "localiser_epochs": 2, "localiser_batch_size": 4,
 }  # fmt: skip
 FAMILIES = ("seed", "crops")

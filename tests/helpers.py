@@ -5,10 +5,10 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from flows.config import PipelineConfig
 from spine_model.families import get_family
+from spine_model.families.base import model_inputs
 from spine_model.steps import RunInputs
 from spine_model.train import load_checkpoint
 
@@ -66,8 +66,9 @@ def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineC
     assert model_config.model_family == config.model_family
     run_inputs = RunInputs.load(run_dir)
     points = run_inputs.record.split.select(run_inputs.points, "val")
-    dataset = get_family(model_config.model_family).dataset(points, run_inputs.store, model_config, train=False)
-    inputs, _ = next(iter(DataLoader(dataset, batch_size=4)))
+    family = get_family(model_config.model_family)
+    dataset = family.dataset(points, run_inputs.store, model_config, train=False)
+    inputs, _ = model_inputs(family, dataset, model_config, 4)
     mlflow.set_tracking_uri(tracking_uri)
     logged = mlflow.pytorch.load_model(run.data.tags["model_uri"])
     with torch.no_grad():

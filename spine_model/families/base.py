@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from spine_model.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, MISSING_LABEL, SEVERITIES
 
@@ -34,9 +34,12 @@ IMAGE_STD = 0.226
 class ModelFamily:
     """One way of turning points on stored volumes into severity probabilities.
 
-    Dataset items are `(inputs, target)`: `inputs` a tuple of tensors passed to the model
-    positionally (named by `input_names`), `target` class indices with -1 for missing labels,
-    shaped like the model's output without its last (class) axis.
+    Datasets yield batches `(inputs, targets)` (see `BatchedDataset`): `inputs` the tensors the
+    loader workers read cheaply from the memory-mapped store (uint8 pixels, indices), `targets`
+    class indices with -1 for missing labels, shaped like the model's output without its last
+    (class) axis. `prepare` turns the inputs, once on the device, into the model's positional
+    inputs (named by `input_names`): resizing, normalisation and augmentation as batched tensor
+    operations, where a GPU does them fastest.
     """
 
     name: str = ""
@@ -56,16 +59,26 @@ class ModelFamily:
     def dataset(self, points: pd.DataFrame, store: VolumeReader, config: TrainConfig, train: bool) -> Dataset:
         raise NotImplementedError
 
+    def prepare(self, inputs: list[torch.Tensor], config: TrainConfig, train: bool) -> list[torch.Tensor]:
+        """A batch's loader inputs, already on the device, as the model's inputs. The default: the
+        first input is uint8 pixels, normalised (and intensity-jittered in training with `augment`)."""
+        image = normalise(inputs[0])
+        if train and config.augment:
+            image = jitter_intensity(image)
+        return [image, *inputs[1:]]
+
     def loss(
         self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum of weighted losses, sum of weights) over labelled targets; see masked_cross_entropy."""
         return masked_cross_entropy(outputs, targets, class_weights)
 
-    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
-        """(correct, counted) for the training loop's accuracy: argmax against labelled targets."""
+    def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(correct, counted) for the training loop's accuracy, as tensors on the outputs' device (the
+        loop sums them without waiting for the device): argmax against labelled targets."""
         mask = targets != MISSING_LABEL
-        return int((outputs.argmax(-1).reshape(targets.shape) == targets)[mask].sum()), int(mask.sum())
+        correct = (outputs.argmax(-1).reshape(targets.shape) == targets) & mask
+        return correct.sum(), mask.sum()
 
     def cell_probabilities(
         self, outputs: np.ndarray, points: pd.DataFrame, class_prior: np.ndarray
@@ -94,7 +107,8 @@ def masked_cross_entropy(
         reduction="sum",
     )
     labelled = flat_targets != MISSING_LABEL
-    weight_sum = class_weights[flat_targets[labelled]].sum()
+    # Masked by multiplication, not by boolean indexing: that would make the host wait for the device.
+    weight_sum = (class_weights[flat_targets.clamp_min(0)] * labelled).sum()
     return loss_sum, weight_sum
 
 
@@ -112,13 +126,45 @@ def normalise(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float() / 255.0 - IMAGE_MEAN) / IMAGE_STD
 
 
-def jitter_intensity(image: torch.Tensor) -> torch.Tensor:
-    """Random contrast (x0.8-1.2), brightness (+-0.1) and Gaussian noise (0.05) of a normalised image.
+def jitter_intensity(images: torch.Tensor) -> torch.Tensor:
+    """Per item of a batch (first axis), random contrast (x0.8-1.2) and brightness (+-0.1), plus
+    Gaussian noise (0.05), of normalised images; batched, on the images' device."""
+    shape = (images.shape[0],) + (1,) * (images.dim() - 1)
+    contrast = 0.8 + 0.4 * torch.rand(shape, device=images.device)
+    brightness = 0.2 * torch.rand(shape, device=images.device) - 0.1
+    return images * contrast + brightness + 0.05 * torch.randn_like(images)
 
-    Uses torch's RNG, which DataLoader seeds per worker.
+
+class BatchedDataset(Dataset):
+    """A dataset that reads a whole batch at once (`__getitems__`, which DataLoader calls with a
+    batch's indices): per-item Python work is limited to slicing the memory-mapped store, and
+    everything else is one array operation per batch. `collate` passes the batch on as it is.
     """
-    contrast, brightness = 0.8 + 0.4 * torch.rand(1), 0.2 * torch.rand(1) - 0.1
-    return image * contrast + brightness + 0.05 * torch.randn_like(image)
+
+    def __getitems__(self, indices: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """One item, as a batch of one without its batch axis."""
+        inputs, targets = self.__getitems__([index])
+        return [tensor[0] for tensor in inputs], targets[0]
+
+    @staticmethod
+    def collate(batch: tuple[list[torch.Tensor], torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        return batch
+
+
+def batches(dataset: Dataset, batch_size: int, **loader_options) -> DataLoader:
+    """A DataLoader over a family's dataset in order (the dataset batches its own items)."""
+    return DataLoader(dataset, batch_size=batch_size, collate_fn=getattr(dataset, "collate", None), **loader_options)
+
+
+def model_inputs(
+    family: ModelFamily, dataset: Dataset, config: TrainConfig, count: int, device: str | torch.device = "cpu"
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The first `count` items of a dataset as the model sees them in evaluation: (inputs, targets)."""
+    inputs, targets = next(iter(batches(dataset, count)))
+    return family.prepare([tensor.to(device) for tensor in inputs], config, train=False), targets
 
 
 def cell_index(points: pd.DataFrame) -> np.ndarray:

@@ -20,9 +20,9 @@ from spine_model.families.backbones import (
     pretrained_weights_file,
 )
 from spine_model.families.base import masked_cross_entropy
-from spine_model.families.crops.data import CropDataset, crop_sides, crop_stack
+from spine_model.families.crops.data import CropDataset, crop_sides, crop_stack, prepare_crops
 from spine_model.families.crops.model import CropNet
-from spine_model.families.seed.data import SeedDataset, augment
+from spine_model.families.seed.data import SeedDataset, shift
 from spine_model.families.seed.model import SpineNet, create_spinenet, image_and_coordinate_conv
 from spine_model.volumes import GEOMETRY_COLUMNS, MemoryVolumeStore, SeriesVolume
 
@@ -159,28 +159,35 @@ def test_spinenet_pretrained_trunk_keeps_imagenet_filters(cached_resnet18):
     torch.testing.assert_close(model.trunk[1].running_var, cached_resnet18.bn1.running_var)
 
 
-def test_seed_dataset_scales_coordinates_by_the_frame_and_resizes_the_slice():
+def test_seed_dataset_scales_coordinates_by_the_frame_and_prepare_resizes_the_slice():
     # A 512 (high) x 384 (wide) DICOM frame stored at 32 x 32, model input 48 px.
     store = _store(np.full((3, 32, 32), 255, np.uint8))
     labels = {column: 2 for column in LABEL_COLUMNS} | {LABEL_COLUMNS[0]: -1}
-    dataset = SeedDataset(_points(store, **labels), store, image_size=48)
-    (image, coords), targets = dataset[0]
-    assert image.shape == (1, 48, 48)
+    dataset = SeedDataset(_points(store, **labels), store)
+    (slices, coords), targets = dataset[0]
+    assert slices.shape == (32, 32) and slices.dtype == torch.uint8  # as stored: the loader only copies
     np.testing.assert_allclose(coords.numpy(), [96 / 384, 384 / 512])
     assert targets.shape == (25,) and targets.dtype == torch.int64 and targets[0] == -1 and targets[1] == 2
-    outside = SeedDataset(_points(store, x=500.0), store, image_size=32)[0][0][1]
+    outside = SeedDataset(_points(store, x=500.0), store)[0][0][1]
     assert outside[0] == 1.0  # clipped into the frame
+    config = TrainConfig(model_family="seed", image_size=48, store_size=32)
+    image, same_coords = get_family("seed").prepare([slices[None], coords[None]], config, train=False)
+    assert image.shape == (1, 1, 48, 48) and image.dtype == torch.float32
+    torch.testing.assert_close(image, torch.full_like(image, (1.0 - 0.449) / 0.226))
+    torch.testing.assert_close(same_coords[0], coords)
 
 
-def test_seed_augment_moves_the_point_with_the_image():
+def test_seed_shift_moves_each_point_with_its_image():
     torch.manual_seed(0)
-    image = torch.zeros(1, 50, 50)
-    image[0, 20, 30] = 10.0  # a bright pixel at the point (x=30, y=20)
-    coords = torch.tensor([30 / 50, 20 / 50])
-    for _ in range(5):
-        moved_image, moved = augment(image, coords)
-        y, x = divmod(int(moved_image[0].argmax()), 50)
-        assert moved.tolist() == pytest.approx([x / 50, y / 50], abs=1e-6)
+    images = torch.zeros(6, 1, 50, 50)
+    images[:, 0, 20, 30] = 10.0  # a bright pixel at the point (x=30, y=20) of every image
+    coords = torch.tensor([[30 / 50, 20 / 50]]).repeat(6, 1)
+    moved_images, moved = shift(images, coords)
+    assert moved_images.shape == images.shape and len({tuple(c) for c in moved.tolist()}) > 1  # per image
+    for image, point in zip(moved_images, moved, strict=True):
+        y, x = divmod(int(image[0].argmax()), 50)
+        assert point.tolist() == pytest.approx([x / 50, y / 50], abs=1e-6)
+        assert float(image.sum()) == 10.0  # moved, not smeared; the uncovered border is black
 
 
 # --- crops -----------------------------------------------------------------------------------------
@@ -217,17 +224,36 @@ def test_crop_dataset_items_and_training_jitter():
     store = _store(_numbered_volume(n_slices=6, size=64), rows=64, columns=64)
     points = _points(store, instance_number=3, condition=CONDITIONS[2], level=LEVELS[4], x=32.0, y=32.0, label=1)
     sides = crop_sides(points, 64, 0.25, 0.0)
-    evaluation = CropDataset(points, store, slices=3, crop_size=8, sides=sides)
-    (crop, cell), target = evaluation[0]
-    assert crop.shape == (3, 8, 8) and crop.dtype == torch.float32
+    evaluation = CropDataset(points, store, slices=3, sides=sides)
+    (raw, side, cell), target = evaluation[0]
+    assert raw.shape == (3, 16, 16) and raw.dtype == torch.uint8 and float(side) == 16
     assert int(cell) == 2 * 5 + 4 and int(target) == 1
+    config = TrainConfig(model_family="crops", crop_slices=3, crop_size=32, store_size=64)
+    crop, same_cell = get_family("crops").prepare([raw[None], side[None], cell[None]], config, train=False)
+    assert crop.shape == (1, 3, 32, 32) and crop.dtype == torch.float32 and int(same_cell) == int(cell)
     expected = torch.tensor([20.0, 30.0, 40.0]) / 255  # slices 1, 2, 3 around instance 3 (slice 2)
-    torch.testing.assert_close(crop[:, 4, 4], (expected - 0.449) / 0.226)
-    torch.testing.assert_close(evaluation[0][0][0], crop)  # deterministic without training jitter
+    torch.testing.assert_close(crop[0, :, 16, 16], (expected - 0.449) / 0.226)
+    torch.testing.assert_close(evaluation[0][0][0], raw)  # deterministic without training jitter
     torch.manual_seed(0)
-    training = CropDataset(points, store, 3, 8, sides, jitter=0.2, jitter_slices=1)
-    centres = {tuple(training[0][0][0][:, 4, 4].tolist()) for _ in range(20)}
+    training = CropDataset(points, store, 3, sides, jitter=0.2, jitter_slices=1)
+    centres = {tuple(training[0][0][0][:, 8, 8].tolist()) for _ in range(20)}
     assert len(centres) > 1  # the centre slice moves
+
+
+def test_crops_of_different_sides_are_resized_alike_in_one_batch():
+    """Millimetre crops differ in side per frame: padded in the batch, each resized from its own square."""
+    volume = np.zeros((1, 64, 64), np.uint8)
+    volume[0, :, 32:] = 200  # left half dark, right half bright
+    store = _store(volume, rows=64, columns=64)
+    points = pd.concat([_points(store, x=32.0, y=32.0), _points(store, x=32.0, y=32.0)], ignore_index=True)
+    dataset = CropDataset(points, store, slices=1, sides=np.array([8, 20]))
+    (raw, sides, _), _ = dataset.__getitems__([0, 1])
+    assert raw.shape == (2, 1, 20, 20) and sides.tolist() == [8, 20]
+    assert (raw[0, 0, 8:] == raw[0, 0, 7]).all() and (raw[0, 0, :, 8:] == raw[0, 0, :, 7:8]).all()  # edge padding
+    crops = prepare_crops(raw, sides, 10)
+    for crop in crops:  # both: dark left half, bright right half at the output size
+        assert crop.shape == (1, 10, 10)
+        assert float(crop[0, :, :4].max()) < 0 < float(crop[0, :, 6:].min())
 
 
 @pytest.mark.parametrize("pooling", ["channels", "attention"])

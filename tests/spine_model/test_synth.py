@@ -125,6 +125,23 @@ def test_rejects_nonsense_settings(tmp_path):
         generate_dataset(tmp_path, n_studies=2, n_slices=3)
     with pytest.raises(ValueError, match="image_size"):
         generate_dataset(tmp_path, n_studies=2, image_size=8)
+    with pytest.raises(ValueError, match="axial_slices"):
+        generate_dataset(tmp_path, n_studies=2, axial_slices=(2, 30))
+
+
+def test_sizes_drawn_per_series_from_ranges(tmp_path):
+    """The real data's shape: widths 384-640 px, 15-20 sagittal and 20-40 axial slices per series."""
+    generate_dataset(tmp_path, 1, 0, image_size=(384, 640), n_slices=(15, 20), seed=3, axial_slices=(20, 40))
+    descriptions = pd.read_csv(tmp_path / "train_series_descriptions.csv")
+    widths = set()
+    for row in descriptions.itertuples(index=False):
+        files = list((tmp_path / "train_images" / str(row.study_id) / str(row.series_id)).glob("*.dcm"))
+        low, high = (20, 40) if row.series_description == "Axial T2" else (15, 20)
+        assert low <= len(files) <= high
+        ds = pydicom.dcmread(files[0])
+        assert 384 <= ds.Columns <= 640 and ds.BitsAllocated == 16
+        widths.add(ds.Columns)
+    assert len(widths) > 1  # drawn per series
 
 
 def _world(ds: pydicom.Dataset, x: float, y: float) -> np.ndarray:

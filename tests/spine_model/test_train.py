@@ -6,6 +6,7 @@ import torch
 from spine_model.catalog import checkpoint_files
 from spine_model.config import TrainConfig
 from spine_model.families import get_family
+from spine_model.families.base import model_inputs
 from spine_model.ingest import build_long_table
 from spine_model.split import split_by_study
 from spine_model.train import load_checkpoint, resolve_device, train_model
@@ -48,8 +49,8 @@ def test_training_writes_checkpoints_that_reload_identically(family_name, tiny_s
     assert reloaded_config == config and type(reloaded) is type(model)
     model.eval()
     reloaded.eval()
-    dataset = get_family(family_name).dataset(split.select(points, "val"), store, config, train=False)
-    inputs = [torch.stack(tensors) for tensors in zip(*(dataset[i][0] for i in range(3)), strict=True)]
+    family = get_family(family_name)
+    inputs, _ = model_inputs(family, family.dataset(split.select(points, "val"), store, config, train=False), config, 3)
     with torch.no_grad():
         torch.testing.assert_close(model(*inputs), reloaded(*inputs))
     assert last.is_file()

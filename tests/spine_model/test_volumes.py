@@ -185,3 +185,24 @@ def test_read_series_reports_unreadable_files_instead_of_raising(tmp_path):
     volume = read_series([(1, folder / "1.dcm"), (2, folder / "2.dcm")], 16)
     assert volume.pixels.shape == (1, 16, 16)
     assert volume.unreadable[0][0].endswith("2.dcm") and "not a readable DICOM" in volume.unreadable[0][1]
+
+
+def test_series_window_from_a_pixel_sample_matches_the_full_window(tmp_path, monkeypatch):
+    """A large series' window comes from strided pixels: the stored slices stay within a grey level or two."""
+    from spine_model import volumes
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "train_images" / str(STUDY) / str(SERIES)
+    for instance in range(1, 11):  # 10 frames of 512 x 512: 2.6 million pixels, a stride of 2 by default
+        # Skewed, as MR intensities are, and brighter from frame to frame: a sample must span them all.
+        pixels = rng.gamma(2.0, 60.0 * instance, size=(512, 512)).astype(np.uint16)
+        write_dicom(
+            folder / f"{instance}.dcm", pixels, study_id=STUDY, series_id=SERIES, instance_number=instance,
+            description="Sagittal T2/STIR", position=[float(instance), 0.0, 0.0], orientation=SAGITTAL, spacing=0.5,
+        )  # fmt: skip
+    files = [(n, folder / f"{n}.dcm") for n in range(1, 11)]
+    assert 10 * 512 * 512 // volumes.WINDOW_SAMPLES >= 2
+    sampled = read_series(files, 128).pixels
+    monkeypatch.setattr(volumes, "WINDOW_SAMPLES", 10**9)  # every pixel
+    full = read_series(files, 128).pixels
+    assert np.abs(full.astype(int) - sampled.astype(int)).max() <= 2

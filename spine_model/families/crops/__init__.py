@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from spine_model.constants import LEVELS
 from spine_model.families.backbones import classification_models
-from spine_model.families.base import CELLS_SHAPE, ModelFamily, cell_index, softmax
-from spine_model.families.crops.data import CropDataset, crop_sides
+from spine_model.families.base import CELLS_SHAPE, ModelFamily, cell_index, jitter_intensity, softmax
+from spine_model.families.crops.data import CropDataset, crop_sides, prepare_crops
 from spine_model.families.crops.model import CropNet
 
 
@@ -44,11 +45,16 @@ class CropsFamily(ModelFamily):
     def dataset(self, points: pd.DataFrame, store, config, train: bool) -> Dataset:
         sides = crop_sides(points, store.size, config.crop_fraction, config.crop_mm)
         return CropDataset(
-            points, store, config.crop_slices, config.crop_size, sides,
-            jitter=config.crop_jitter if train else 0.0,
-            jitter_slices=config.crop_jitter_slices if train else 0,
-            augment=train and config.augment,
+            points, store, config.crop_slices, sides,
+            jitter=config.crop_jitter if train else 0.0, jitter_slices=config.crop_jitter_slices if train else 0,
         )  # fmt: skip
+
+    def prepare(self, inputs: list[torch.Tensor], config, train: bool) -> list[torch.Tensor]:
+        crops, sides, cells = inputs
+        crop = prepare_crops(crops, sides, config.crop_size)
+        if train and config.augment:
+            crop = jitter_intensity(crop)
+        return [crop, cells]
 
     def cell_probabilities(self, outputs: np.ndarray, points: pd.DataFrame, class_prior: np.ndarray) -> dict:
         probabilities = softmax(outputs)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torch.utils.data import Dataset
+from torchvision.ops import roi_align
 
-from spine_model.families.base import cell_index, jitter_intensity, normalise, point_labels
+from spine_model.families.base import BatchedDataset, cell_index, normalise, point_labels
 from spine_model.volumes import VolumeReader
 
 MIN_SIDE = 4  # pixels of the store: a crop never shrinks below this
@@ -43,11 +42,14 @@ def crop_sides(points: pd.DataFrame, store_size: int, fraction: float, millimetr
     return np.maximum(np.round(side), MIN_SIDE).astype(np.int64)
 
 
-class CropDataset(Dataset):
-    """Points as crop-model inputs: ((crop (k, C, C), cell index ()), target ()).
+class CropDataset(BatchedDataset):
+    """Points as crops: batches of ([crops (B, k, S, S) uint8, sides (B,), cells (B,)], targets (B,)).
 
+    A crop is read at its own side in store pixels (S, the batch's largest side: smaller crops are
+    padded at the bottom and right with their edge pixels); `prepare_crops` resizes each to crop_size
+    on the device.
     In training the point moves by up to `jitter` of the crop side and the centre slice by up to
-    `jitter_slices` (robustness to where a localiser puts it); with `augment`, intensity jitters.
+    `jitter_slices` (robustness to where a localiser puts it).
     """
 
     def __init__(
@@ -55,11 +57,9 @@ class CropDataset(Dataset):
         points: pd.DataFrame,
         store: VolumeReader,
         slices: int,
-        crop_size: int,
         sides: np.ndarray,
         jitter: float = 0.0,
         jitter_slices: int = 0,
-        augment: bool = False,
     ) -> None:
         self.series = points[["study_id", "series_id"]].to_numpy(dtype=np.int64)
         self.slice_index = points["slice_index"].to_numpy(dtype=np.int64)
@@ -68,32 +68,41 @@ class CropDataset(Dataset):
         self.cells = cell_index(points)
         self.targets = point_labels(points, ["label"])[:, 0]
         self.store = store
-        self.slices, self.crop_size = slices, crop_size
-        self.jitter, self.jitter_slices, self.augment = jitter, jitter_slices, augment
+        self.slices = slices
+        self.jitter, self.jitter_slices = jitter, jitter_slices
 
     def __len__(self) -> int:
         return len(self.series)
 
-    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        study_id, series_id = self.series[index]
-        side = int(self.sides[index])
-        (x, y), centre = self.centre_xy[index], int(self.slice_index[index])
-        if self.jitter > 0:
-            x, y = (np.array([x, y]) + (2 * torch.rand(2).numpy() - 1) * self.jitter * side).tolist()
+    def __getitems__(self, indices: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        indices = np.asarray(indices, dtype=np.int64)
+        sides, centres = self.sides[indices], self.slice_index[indices]
+        xy = self.centre_xy[indices]
+        if self.jitter > 0:  # torch's RNG, which DataLoader seeds per worker
+            xy = xy + (2 * torch.rand(len(indices), 2, dtype=torch.float64).numpy() - 1) * self.jitter * sides[:, None]
         if self.jitter_slices > 0:
-            centre += int(torch.randint(-self.jitter_slices, self.jitter_slices + 1, ()))
-        crop = crop_stack(self.store.volume(study_id, series_id), centre, x, y, side, self.slices)
-        image = normalise(resize_crop(torch.from_numpy(crop), self.crop_size))
-        if self.augment:
-            image = jitter_intensity(image)
-        return (image, torch.tensor(self.cells[index])), torch.tensor(self.targets[index])
+            centres = centres + torch.randint(-self.jitter_slices, self.jitter_slices + 1, (len(indices),)).numpy()
+        side = int(sides.max())
+        crops = np.zeros((len(indices), self.slices, side, side), dtype=np.uint8)
+        for row, index in enumerate(indices):
+            study_id, series_id = self.series[index]
+            n = int(sides[row])
+            crop = crop_stack(self.store.volume(study_id, series_id), int(centres[row]), xy[row, 0], xy[row, 1], n,
+                              self.slices)  # fmt: skip
+            # Padded by its own edge, so that resampling near the crop's border never blends in zeros.
+            crops[row] = np.pad(crop, ((0, 0), (0, side - n), (0, side - n)), mode="edge") if n < side else crop
+        inputs = [crops, sides.astype(np.float32), self.cells[indices]]
+        return [torch.from_numpy(array) for array in inputs], torch.from_numpy(self.targets[indices])
 
 
-def resize_crop(crop: torch.Tensor, size: int) -> torch.Tensor:
-    """(k, s, s) -> (k, size, size) float, bilinear (antialiased when shrinking)."""
-    if crop.shape[-1] == size:
-        return crop.float()
-    return F.interpolate(
-        crop.float().unsqueeze(0), size=(size, size), mode="bilinear", align_corners=False,
-        antialias=crop.shape[-1] > size,
-    )[0]  # fmt: skip
+def prepare_crops(crops: torch.Tensor, sides: torch.Tensor, crop_size: int) -> torch.Tensor:
+    """(B, k, S, S) uint8 crops, each valid in its top-left sides[b] x sides[b] -> (B, k, crop_size,
+    crop_size) normalised floats: one batched bilinear resampling (roi_align over each crop's own
+    square; pixel centres as F.interpolate with align_corners=False, averaged when shrinking)."""
+    count = crops.shape[0]
+    boxes = torch.zeros(count, 5, dtype=torch.float32, device=crops.device)
+    boxes[:, 0] = torch.arange(count, device=crops.device)
+    boxes[:, 3] = sides
+    boxes[:, 4] = sides
+    resized = roi_align(crops.float(), boxes, output_size=crop_size, spatial_scale=1.0, sampling_ratio=0, aligned=True)
+    return normalise(resized)

@@ -43,7 +43,7 @@ class LocaliserFamily(ModelFamily):
         groups, unusual = training_groups(points)
         if unusual:
             log.warning("localiser: %d point(s) lie on a series their condition is not read on; not used", unusual)
-        return LocaliserDataset(groups, store, config.image_size, augment=train and config.augment)
+        return LocaliserDataset(groups, store, config.image_size)
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor, class_weights: torch.Tensor):
         return heatmap_loss(outputs, targets)

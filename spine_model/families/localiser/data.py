@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from spine_model.constants import AXIAL_T2, CONDITION_SERIES
-from spine_model.families.base import jitter_intensity, normalise
 from spine_model.families.localiser.model import STRIDE, channel
 from spine_model.volumes import VolumeReader, resize_square
 
@@ -70,11 +69,12 @@ def training_groups(points: pd.DataFrame) -> tuple[list[Group], int]:
 
 
 def slice_stack(volume: np.ndarray, slice_indices: np.ndarray, image_size: int) -> torch.Tensor:
-    """(n, 3, S, S) normalised input: each slice with its neighbours (edges repeated) as channels."""
+    """(n, 3, S, S) uint8: each slice with its neighbours (edges repeated) as channels, at image_size
+    (the family's `prepare` normalises them on the device)."""
     last = volume.shape[0] - 1
     picked = np.stack([np.clip(slice_indices + offset, 0, last) for offset in (-1, 0, 1)], axis=1)  # (n, 3)
     frames = {int(k): resize_square(np.array(volume[int(k)]), image_size) for k in np.unique(picked)}
-    return normalise(torch.from_numpy(np.stack([[frames[int(k)] for k in row] for row in picked])))
+    return torch.from_numpy(np.stack([[frames[int(k)] for k in row] for row in picked]))
 
 
 def relative_positions(slice_indices: np.ndarray, n_slices: int) -> torch.Tensor:
@@ -86,11 +86,10 @@ class LocaliserDataset(Dataset):
     """Groups as model input: (slices (n, 3, S, S), positions (n,)), targets (t, 4) = channel, slice in
     group, x, y in heatmap cells."""
 
-    def __init__(self, groups: list[Group], store: VolumeReader, image_size: int, augment: bool = False) -> None:
+    def __init__(self, groups: list[Group], store: VolumeReader, image_size: int) -> None:
         self.groups = groups
         self.store = store
         self.image_size = image_size
-        self.augment = augment
         self.cells_per_store_pixel = image_size / store.size / STRIDE
 
     def __len__(self) -> int:
@@ -100,8 +99,6 @@ class LocaliserDataset(Dataset):
         group = self.groups[index]
         volume = self.store.volume(group.study_id, group.series_id)
         slices = slice_stack(volume, group.slice_indices, self.image_size)
-        if self.augment:
-            slices = jitter_intensity(slices)
         scale = self.cells_per_store_pixel
         targets = torch.tensor([(c, k, x * scale, y * scale) for c, k, x, y in group.targets], dtype=torch.float32)
         return (slices, relative_positions(group.slice_indices, volume.shape[0])), targets.reshape(-1, 4)

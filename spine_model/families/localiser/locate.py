@@ -28,6 +28,7 @@ from spine_model.constants import (
     SAGITTAL_T2,
     SPINAL_CONDITION,
 )
+from spine_model.families import get_family
 from spine_model.families.localiser.data import peak, relative_positions, slice_stack
 from spine_model.families.localiser.model import STRIDE, channel
 from spine_model.geometry import nearest_slice, to_patient
@@ -77,6 +78,7 @@ class Localiser:
                 stack[start : start + SLICES_PER_FORWARD].to(device),
                 positions[start : start + SLICES_PER_FORWARD].to(device),
             ]
+            batch = get_family(self.config.model_family).prepare(batch, self.config, train=False)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.amp and device.type == "cuda"):
                 outputs.append(self.model(*batch).float().cpu())
         return torch.cat(outputs)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from spine_model.families.backbones import RESNETS
 from spine_model.families.base import ModelFamily, mean_by_study, softmax
-from spine_model.families.seed.data import SeedDataset
+from spine_model.families.seed.data import SeedDataset, prepare_seed
 from spine_model.families.seed.model import create_spinenet
 
 
@@ -33,7 +34,10 @@ class SeedFamily(ModelFamily):
         return create_spinenet(config.backbone, pretrained, config.image_size, allow_download)
 
     def dataset(self, points: pd.DataFrame, store, config, train: bool) -> Dataset:
-        return SeedDataset(points, store, config.image_size, augment=train and config.augment)
+        return SeedDataset(points, store)
+
+    def prepare(self, inputs: list[torch.Tensor], config, train: bool) -> list[torch.Tensor]:
+        return list(prepare_seed(*inputs, config.image_size, augment=train and config.augment))
 
     def cell_probabilities(self, outputs: np.ndarray, points: pd.DataFrame, class_prior: np.ndarray) -> dict:
         return mean_by_study(points["study_id"].to_numpy(), softmax(outputs))

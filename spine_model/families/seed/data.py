@@ -5,58 +5,70 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+import torch.nn.functional as F
 
-from spine_model.families.base import jitter_intensity, normalise, point_labels
-from spine_model.volumes import VolumeReader, resize_square
+from spine_model.families.base import BatchedDataset, jitter_intensity, normalise, point_labels
+from spine_model.volumes import VolumeReader
 
 
-class SeedDataset(Dataset):
-    """Points as SpineNet inputs: ((image (1, S, S), coords (2,)), targets (25,)).
+class SeedDataset(BatchedDataset):
+    """Points as SpineNet inputs: batches of ([slices (B, S, S) uint8, coords (B, 2)], targets (B, 25)).
 
-    The image is the point's slice resized to `image_size`; coords are (x / width, y / height) of
-    the point in [0, 1], scaled by the size of the DICOM frame the point was marked on (the seed
-    scaled after resizing and fed raw pixels). targets: the study's 25 labels, -1 where missing.
+    slices: the points' slices as stored (store size S; `prepare_seed` resizes them to image_size
+    on the device); coords: (x / width, y / height) of each point in [0, 1], scaled by the size of
+    the DICOM frame the point was marked on (the seed scaled after resizing and fed raw pixels).
+    targets: the study's 25 labels, -1 where missing.
     """
 
-    def __init__(self, points: pd.DataFrame, store: VolumeReader, image_size: int, augment: bool = False) -> None:
+    def __init__(self, points: pd.DataFrame, store: VolumeReader) -> None:
         self.series = points[["study_id", "series_id"]].to_numpy(dtype=np.int64)
         self.slice_index = points["slice_index"].to_numpy(dtype=np.int64)
-        self.frame_size_xy = points[["columns", "rows"]].to_numpy(dtype=np.float32)
-        self.points_xy = points[["x", "y"]].to_numpy(dtype=np.float32)
+        frame_size_xy = points[["columns", "rows"]].to_numpy(dtype=np.float32)
+        self.coords = np.clip(points[["x", "y"]].to_numpy(dtype=np.float32) / frame_size_xy, 0.0, 1.0)
         self.targets = point_labels(points)
         self.store = store
-        self.image_size = image_size
-        self.augment = augment
 
     def __len__(self) -> int:
         return len(self.series)
 
-    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, torch.Tensor], torch.Tensor]:
-        study_id, series_id = self.series[index]
-        pixels = np.array(self.store.volume(study_id, series_id)[self.slice_index[index]])  # a copy, not a map
-        image = image_tensor(pixels, self.image_size)
-        coords = torch.from_numpy(np.clip(self.points_xy[index] / self.frame_size_xy[index], 0.0, 1.0))
-        if self.augment:
-            image, coords = augment(image, coords)
-        return (image, coords), torch.from_numpy(self.targets[index])
+    def __getitems__(self, indices: list[int]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        indices = np.asarray(indices, dtype=np.int64)
+        slices = np.empty((len(indices), self.store.size, self.store.size), dtype=np.uint8)
+        for row, index in enumerate(indices):
+            study_id, series_id = self.series[index]
+            slices[row] = self.store.volume(study_id, series_id)[self.slice_index[index]]
+        inputs = [torch.from_numpy(slices), torch.from_numpy(self.coords[indices])]
+        return inputs, torch.from_numpy(self.targets[indices])
 
 
-def image_tensor(pixels: np.ndarray, image_size: int) -> torch.Tensor:
-    """An 8-bit image as SpineNet's input: (1, S, S) float, resized if needed, normalised."""
-    return normalise(torch.from_numpy(resize_square(pixels, image_size))).unsqueeze(0)
+def prepare_seed(
+    slices: torch.Tensor, coords: torch.Tensor, image_size: int, augment: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 slices (B, S, S) and coords (B, 2) -> SpineNet's (image (B, 1, s, s), coords), batched:
+    bilinear resize to image_size (antialiased when shrinking), normalisation, and with `augment`
+    a random shift per image (the point moves with it) and intensity jitter."""
+    images = slices.float().unsqueeze(1)
+    if images.shape[-1] != image_size:
+        shrink = slices.shape[-1] > image_size
+        images = F.interpolate(images, size=(image_size,) * 2, mode="bilinear", align_corners=False, antialias=shrink)
+    if augment:
+        images, coords = shift(images, coords)
+    images = normalise(images)
+    return (jitter_intensity(images) if augment else images), coords
 
 
-def augment(image: torch.Tensor, coords: torch.Tensor, max_shift: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random shift (the point moves with the image), contrast, brightness and noise.
-
-    Uses torch's RNG, which DataLoader seeds per worker.
-    """
-    size = image.shape[-1]
-    dx, dy = (int(v) for v in torch.randint(-int(max_shift * size), int(max_shift * size) + 1, (2,)))
-    shifted = torch.full_like(image, float(image.min()))
-    src_x, dst_x = slice(max(0, -dx), size - max(0, dx)), slice(max(0, dx), size - max(0, -dx))
-    src_y, dst_y = slice(max(0, -dy), size - max(0, dy)), slice(max(0, dy), size - max(0, -dy))
-    shifted[..., dst_y, dst_x] = image[..., src_y, src_x]
-    moved = (coords + torch.tensor([dx, dy], dtype=coords.dtype) / size).clamp(0.0, 1.0)
-    return jitter_intensity(shifted), moved
+def shift(images: torch.Tensor, coords: torch.Tensor, max_shift: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image moved by a random whole number of pixels (up to max_shift of its side) in x and y,
+    the uncovered border black; its point moves with it. Batched: one gather for the whole batch."""
+    count, size = images.shape[0], images.shape[-1]
+    reach = int(max_shift * size)
+    offsets = torch.randint(-reach, reach + 1, (count, 2), device=images.device)  # dx, dy per image
+    grid = torch.arange(size, device=images.device)
+    source_x = grid[None, :] - offsets[:, :1]  # (B, S): the column each output column reads
+    source_y = grid[None, :] - offsets[:, 1:]
+    valid = ((source_x >= 0) & (source_x < size))[:, None, :] & ((source_y >= 0) & (source_y < size))[:, :, None]
+    rows = source_y.clamp(0, size - 1)[:, None, :, None].expand(-1, images.shape[1], -1, size)
+    moved = images.gather(2, rows)
+    columns = source_x.clamp(0, size - 1)[:, None, None, :].expand(-1, images.shape[1], size, -1)
+    moved = moved.gather(3, columns) * valid[:, None].to(images.dtype)
+    return moved, (coords + offsets.to(coords.dtype) / size).clamp(0.0, 1.0)
