@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 from tqdm.auto import tqdm
 
 from spine_model.catalog import atomic_write, checkpoint_files
@@ -62,19 +62,48 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def make_loader(dataset: Dataset, config: TrainConfig, shuffle: bool, device: torch.device) -> DataLoader:
-    """Batches of `config.batch_size` items; a dataset with a `collate` method batches its own items."""
-    generator = torch.Generator().manual_seed(config.seed)
-    return DataLoader(
+def make_loader(
+    dataset: Dataset,
+    config: TrainConfig,
+    shuffle: bool,
+    device: torch.device,
+    train: bool | None = None,
+    prepare_in_workers: bool | None = None,
+) -> DataLoader:
+    """Batches of `config.batch_size` items; a dataset with a `collate` method batches its own items.
+
+    On a GPU the family's `prepare` runs on the device (see `model_batches`). Training on the CPU
+    with loader workers, the workers prepare the batches instead (`train`: with augmentation,
+    default `shuffle`), leaving the main process's cores to the model; `prepare_in_workers`
+    overrides that choice.
+    """
+    collate = getattr(dataset, "collate", None)
+    in_workers = device.type == "cpu" and config.num_workers > 0 if prepare_in_workers is None else prepare_in_workers
+    if in_workers:
+        collate = PreparedBatches(collate, config, shuffle if train is None else train)
+    loader = DataLoader(
         dataset,
         batch_size=config.batch_size,
         shuffle=shuffle,
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=config.num_workers > 0,
-        generator=generator,
-        collate_fn=getattr(dataset, "collate", None),
+        generator=torch.Generator().manual_seed(config.seed),
+        collate_fn=collate,
     )
+    loader.prepared_in_workers = in_workers
+    return loader
+
+
+class PreparedBatches:
+    """A collate function that also applies the family's `prepare` (in a loader worker, on the CPU)."""
+
+    def __init__(self, collate, config: TrainConfig, train: bool) -> None:
+        self.collate, self.config, self.train = collate or default_collate, config, train
+
+    def __call__(self, batch):
+        inputs, targets = self.collate(batch)
+        return get_family(self.config.model_family).prepare(list(inputs), self.config, self.train), targets
 
 
 def to_device(inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -91,8 +120,9 @@ def model_batches(
 ) -> Iterator[tuple[list[torch.Tensor], torch.Tensor]]:
     """The loader's batches as the model's inputs on the device: copied (non-blocking from pinned
     memory), then prepared by the family (resize, normalise, augment: batched, on the device)."""
+    prepared = getattr(loader, "prepared_in_workers", False)
     for inputs, targets in loader:
-        inputs = family.prepare(to_device(inputs, device), config, train)
+        inputs = to_device(inputs, device) if prepared else family.prepare(to_device(inputs, device), config, train)
         if config.channels_last:
             inputs = channels_last(inputs)
         yield inputs, targets.to(device, non_blocking=True)

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -9,7 +10,7 @@ from spine_model.families import get_family
 from spine_model.families.base import model_inputs
 from spine_model.ingest import build_long_table
 from spine_model.split import split_by_study
-from spine_model.train import load_checkpoint, resolve_device, train_model
+from spine_model.train import load_checkpoint, make_loader, resolve_device, train_model
 from tests.conftest import FAMILIES
 
 
@@ -54,3 +55,25 @@ def test_training_writes_checkpoints_that_reload_identically(family_name, tiny_s
     with torch.no_grad():
         torch.testing.assert_close(model(*inputs), reloaded(*inputs))
     assert last.is_file()
+
+
+def test_batches_prepared_in_cpu_workers_train_like_batches_prepared_in_the_loop(tiny_store):
+    """On the CPU, loader workers prepare the batches (resize, normalise); on a GPU the loop does, on
+    the device. Without augmentation both give the same epoch (later epochs shuffle differently:
+    DataLoader draws its worker seed from the same generator)."""
+    points, _, store, split = tiny_store
+    histories = []
+    for workers in (0, 2):
+        config = TrainConfig(
+            model_family="crops", crop_pooling="channels", pretrained=False, store_size=32, crop_size=16,
+            epochs=1, batch_size=16, num_workers=workers, lr=1e-3, val_fraction=0.25, crop_jitter=0.0,
+            crop_jitter_slices=0,
+        )  # fmt: skip
+        _, result = train_model(points, split, store, config, progress=False)
+        histories.append([(s.train_loss, s.val_loss) for s in result.history])
+    np.testing.assert_allclose(histories[0], histories[1], rtol=1e-4)
+    device = torch.device("cpu")
+    family = get_family("crops")
+    dataset = family.dataset(split.select(points, "val"), store, config, train=False)
+    assert make_loader(dataset, config, False, device).prepared_in_workers
+    assert not make_loader(dataset, config, False, device, prepare_in_workers=False).prepared_in_workers
