@@ -89,13 +89,16 @@ class RunFolder:
     evaluation = property(lambda self: self.root / "evaluation")
     localiser = property(lambda self: RunFolder(self.root / "localiser"))  # the stage-1 run of this run
 
+    def _summary_files(self) -> dict[str, Path]:
+        """What every evaluation writes: its summary (text and Markdown) and flat metrics."""
+        out = self.evaluation
+        return {"summary": out / "summary.txt", "summary_markdown": out / "summary.md", "metrics": out / "metrics.json"}
+
     def evaluation_files(self) -> dict[str, Path]:
-        """Everything an evaluation writes, by role."""
+        """Everything a classifier's evaluation writes, by role."""
         out = self.evaluation
         return {
-            "summary": out / "summary.txt",
-            "summary_markdown": out / "summary.md",
-            "metrics": out / "metrics.json",
+            **self._summary_files(),
             "reports_json": out / "classification_reports.json",
             "reports_text": out / "classification_reports.txt",
             "submission": out / "val_submission.csv",
@@ -106,9 +109,7 @@ class RunFolder:
         """Everything a localiser's evaluation writes, by role."""
         out = self.evaluation
         return {
-            "summary": out / "summary.txt",
-            "summary_markdown": out / "summary.md",
-            "metrics": out / "metrics.json",
+            **self._summary_files(),
             "points": out / "val_points.csv",
             "examples_png": out / "localiser_examples.png",
         }

@@ -127,14 +127,34 @@ def test_a_registered_localiser_is_reused_and_a_missing_one_is_a_clear_error(loc
     assert RunFolder(second["run_dir"]).localiser.best_checkpoint.is_file()
 
 
-def test_prefect_shows_summary_and_progress_artifacts(local_run):
+def _artifacts_of(flow_run_id: str) -> dict:
+    """The artifacts of one pipeline run and of the flow runs it started, by key (newest first)."""
     with get_client(sync_client=True) as client:
-        by_key = {artifact.key: artifact for artifact in client.read_latest_artifacts()}
+        runs = {str(flow_run_id)}
+        for child in client.read_flow_runs():
+            if child.parent_task_run_id and str(client.read_task_run(child.parent_task_run_id).flow_run_id) in runs:
+                runs.add(str(child.id))
+        by_key = {}
+        for artifact in sorted(client.read_artifacts(), key=lambda a: a.created, reverse=True):
+            if str(artifact.flow_run_id) in runs:
+                by_key.setdefault(artifact.key, artifact)
+    return by_key
+
+
+def test_prefect_shows_summary_and_progress_artifacts(local_run):
+    config, result = local_run
+    run = mlflow.MlflowClient(config.tracking_uri).get_run(result["mlflow_run_id"])
+    by_key = _artifacts_of(run.data.tags["prefect.flow_run_id"])
     summary = by_key["spine-training-summary"]
     assert "competition score" in summary.data and "prior baseline" in summary.data
     assert "spinal_canal_stenosis" in summary.data and "mlflow ui --backend-store-uri" in summary.data
     progress = by_key["spine-training-progress"]
     assert progress.type == "progress" and float(progress.data) == 100.0
+    if config.model_family == "crops":  # the localiser trained beside it: its table and pictures
+        localiser = by_key["spine-localiser-evaluation"]
+        assert "val" in localiser.data and "data:image/png;base64," in localiser.data
+        assert "spinal_canal_stenosis" in localiser.data and "prior" in localiser.data
+        assert "## Localiser (validation studies)" in summary.data
 
 
 def test_ingest_is_cached_until_a_csv_or_an_output_changes(prefect_harness, tiny_copy, tmp_path):
