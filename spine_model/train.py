@@ -154,7 +154,8 @@ def run_epoch(
             loss_sum, weight_sum = family.loss(outputs, targets, class_weights)
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                # A batch without labelled targets has loss_sum 0, so no gradient (not 0 / 0).
+                # A batch without labelled targets has loss_sum 0: a zero gradient, not 0 / 0. Adam still
+                # steps on its moments then; skipping it would cost a host-device sync on every batch.
                 (loss_sum / weight_sum.clamp_min(1e-12)).backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
