@@ -40,6 +40,7 @@ class SliceHit:
     y: float
     distance_mm: float  # from the point to the slice's plane
     inside: bool  # the point lies within the stack (at most half a slice gap beyond its ends)
+    depth_mm: float  # how far inside the stack: to the nearer end slice's plane (negative beyond it)
 
 
 def nearest_slice(series: pd.DataFrame, point: np.ndarray) -> SliceHit:
@@ -58,4 +59,5 @@ def nearest_slice(series: pd.DataFrame, point: np.ndarray) -> SliceHit:
         y=float(offset @ columns[k] / series["spacing_row"].iloc[k]),
         distance_mm=float(distances[k]),
         inside=bool(abs(distances[k]) <= 0.5 * gap + 1e-6),
+        depth_mm=float(min(distances.max(), -distances.min())),
     )

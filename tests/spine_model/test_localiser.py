@@ -13,6 +13,7 @@ from spine_model import synth
 from spine_model.config import TrainConfig
 from spine_model.constants import AXIAL_T2, CONDITIONS, SAGITTAL_T1, SAGITTAL_T2, SPINAL_CONDITION
 from spine_model.families import get_family
+from spine_model.families.localiser import locate
 from spine_model.families.localiser.data import heatmap_loss, peak, training_groups
 from spine_model.families.localiser.locate import Localiser, axial_slices
 from spine_model.families.localiser.model import CHANNELS, LocaliserNet, channel
@@ -44,14 +45,23 @@ def test_channels_cover_every_point_kind():
     assert heatmaps.shape == (3, len(CHANNELS), 16, 16)
 
 
-def test_groups_are_sagittal_series_and_labelled_axial_slices(tiny_store):
+def test_groups_are_sagittal_series_and_each_axial_level_with_its_neighbouring_slices(tiny_store):
     points = tiny_store[0]
     groups, unusual = training_groups(points)
     assert unusual == 0
     sagittal = points[points["series_description"] != AXIAL_T2]
     axial = points[points["series_description"] == AXIAL_T2]
-    assert len(groups) == sagittal["series_id"].nunique() + len(axial.drop_duplicates(["series_id", "slice_index"]))
+    assert len(groups) == sagittal["series_id"].nunique() + len(axial.drop_duplicates(["series_id", "level"]))
     assert sum(len(group.targets) for group in groups) == len(points)
+    n_slices = points.drop_duplicates("series_id").set_index("series_id")["n_slices"]
+    for group in groups:
+        assert (np.diff(group.slice_indices) == 1).all()  # contiguous slices of one series
+        if group.series_id not in set(axial["series_id"]) or len(group.slice_indices) == n_slices[group.series_id]:
+            continue
+        for _, k, _, _ in group.targets:  # the labelled slice, with a neighbour on each side within the series
+            labelled = group.slice_indices[k]
+            assert labelled - 1 in group.slice_indices or labelled == 0
+            assert labelled + 1 in group.slice_indices or labelled == n_slices[group.series_id] - 1
     on_t1 = points.assign(
         series_description=np.where(points["condition"] == SPINAL_CONDITION, SAGITTAL_T1, points["series_description"])
     )
@@ -114,15 +124,21 @@ def test_each_level_gets_the_labelled_axial_slice_of_the_series_that_reaches_it(
             canal_errors += [
                 abs(from_canal[lv].slice_index - r.slice_index) for lv, r in carried.items() if lv in from_canal
             ]
-        both = axial_slices(index, anchors)  # a study with two axial series: every level reached
+        # A study with two axial series that overlap by a level: every level reached, on the series
+        # that carries its points (the one it lies deepest inside), not at the edge of the other.
+        both = axial_slices(index, anchors)
         assert set(both) == set(anchors)
-        assert {int(row.series_id) for row in both.values()} == set(axial_ids)
+        for level, row in anchors.items():
+            assert (both[level].series_id, both[level].slice_index) == (row.series_id, row.slice_index), level
+        assert {int(row.series_id) for row in axial_slices(index, canal).values()} == set(axial_ids)
     assert canal_errors and max(canal_errors) <= 1
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    points, store = _stored(tmp_path_factory.mktemp("localiser"), n_studies=20, image_size=48, n_slices=8, seed=3)
+    points, store = _stored(
+        tmp_path_factory.mktemp("localiser"), n_studies=20, image_size=48, n_slices=8, axial_slices=(14, 18), seed=3
+    )
     split = split_by_study(points, 0.2, 42)
     config = TrainConfig(
         model_family="localiser", pretrained=False, store_size=64, image_size=48, epochs=6, batch_size=4, lr=1e-3,
@@ -143,6 +159,17 @@ def test_the_localiser_finds_points_closer_than_the_coordinate_prior(trained):
     assert mine.loc["all", "distance_share"] < theirs.loc["all", "distance_share"], evaluation.describe()
     assert mine.loc[SPINAL_CONDITION, "slice_error"] <= theirs.loc[SPINAL_CONDITION, "slice_error"]
     assert mine.loc["all", "found"] > 0.8
+    # The axial slice: the model's pick among the geometry's slice and its neighbours beats the geometry alone.
+    geometry_only = pytest.MonkeyPatch()
+    geometry_only.setattr(locate, "AXIAL_SEARCH_WINDOW", 0)
+    try:
+        from_geometry = evaluate_localiser(localiser, points, split, store, prior).table("localiser")
+    finally:
+        geometry_only.undo()
+    axial = [c for c in CONDITIONS if "subarticular" in c]
+    picked = mine.loc[axial, "slice_error"].mean()
+    geometric = from_geometry.set_index("condition").loc[axial, "slice_error"].mean()
+    assert picked < geometric, (picked, geometric)
     found = evaluation.found
     assert set(found["condition"]) == set(CONDITIONS) and (found["source"] == "localiser").all()
     assert not found.duplicated(["study_id", "condition", "level"]).any()

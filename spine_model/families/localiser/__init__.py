@@ -2,7 +2,8 @@
 
 Heatmaps (CenterNet-style, a softmax per point over all slices of a sagittal series, so the slice
 and the position are found together) from a ResNet with a small feature pyramid; the axial slice
-of each level comes from the sagittal canal point through the DICOM geometry. See `locate.py` for
+of each level starts from the sagittal canal point through the DICOM geometry, and the heatmaps
+pick it among that slice and its neighbours. See `locate.py` for
 how a study is read and `data.py` for training. It trains through the same loop as the classifiers;
 its outputs are points, not probabilities, so `cell_probabilities` does not apply.
 """

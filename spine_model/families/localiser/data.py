@@ -1,8 +1,9 @@
 """The localiser's training groups, dataset, heatmap loss, and the peaks read back from heatmaps.
 
 A *group* is what one softmax spans: all slices of a sagittal series (its points' slice and position
-are found together), or one labelled axial slice (its left and right points; which axial slice
-shows a level comes from the sagittal points through the patient geometry, not from this model).
+are found together), or, per level of an axial series, the labelled slice and its neighbours (the
+patient geometry says roughly where a level lies, to a slice or so; the model learns which of the
+nearby slices shows it, and where its left and right points lie on it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from spine_model.volumes import VolumeReader, resize_square
 
 log = logging.getLogger(__name__)
 
+AXIAL_TRAIN_WINDOW = 1  # an axial group: the level's labelled slice and this many slices either side
 SIGMA_CELLS = 1.0  # spread of the target around a labelled point, in heatmap cells
 HIT_CELLS = 1.5  # a predicted peak this close to the labelled point, on its slice, counts as a hit
 
@@ -55,9 +57,14 @@ def training_groups(points: pd.DataFrame) -> tuple[list[Group], int]:
             )
         )
         if series["series_description"].iloc[0] == AXIAL_T2:
-            for slice_index in sorted(series["slice_index"].unique()):
-                on_slice = [(channel(c, lv), 0, x, y) for c, lv, k, x, y in targets if k == slice_index]
-                groups.append(Group(study_id, series_id, np.array([slice_index]), on_slice))
+            last = int(series["n_slices"].iloc[0]) - 1
+            for level in sorted(series["level"].unique()):
+                labelled = [(c, k, x, y) for c, lv, k, x, y in targets if lv == level]
+                ks = [k for _, k, _, _ in labelled]  # left and right may lie on different slices
+                start = max(int(min(ks)) - AXIAL_TRAIN_WINDOW, 0)
+                window = np.arange(start, min(int(max(ks)) + AXIAL_TRAIN_WINDOW, last) + 1)
+                on_level = [(channel(c, level), int(k) - start, x, y) for c, k, x, y in labelled]
+                groups.append(Group(study_id, series_id, window, on_level))
         else:
             n_slices = int(series["n_slices"].iloc[0])
             groups.append(

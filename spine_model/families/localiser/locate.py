@@ -3,8 +3,10 @@
 - Sagittal T2/STIR: the 5 spinal canal points, one heatmap per level over all slices.
 - Sagittal T1: the 10 foraminal points (left and right on their own slices), likewise.
 - Axial T2: per level, the slice nearest to that level's canal point in patient coordinates (an
-  axial series may cover some levels or all; of several, the one whose plane lies nearest), then
-  the left and right subarticular points on it.
+  axial series may cover some levels or all; of several, the one the level lies deepest inside),
+  then the left and right subarticular points, each a peak over that slice and AXIAL_SEARCH_WINDOW
+  slices either side: the canal point is a few millimetres off, about half a slice gap, and the
+  model, trained on each labelled slice beside its neighbours, tells which of them shows the level.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LOCATED_COLUMNS = [*SLICE_KEY, "series_description", "condition", "level", "x", "y", "source", "confidence"]
 SLICES_PER_FORWARD = 64
+AXIAL_SEARCH_WINDOW = 2  # slices either side of the geometry's axial slice that a level's peak may move to
 
 
 @dataclass
@@ -123,7 +126,8 @@ class Localiser:
         return found + self._axial(study_id, study, store, canal, device)
 
     def _axial(self, study_id: int, study: pd.DataFrame, store, canal: dict[str, pd.Series], device) -> list[tuple]:
-        """Per level, the axial slice nearest the canal point (see axial_slices), then its left and right points."""
+        """Per level, the left and right points: peaks over the slices around the level's slice from
+        the geometry (see axial_slices), each side on the slice its peak lies on."""
         chosen: dict[int, list[tuple[str, pd.Series]]] = {}  # series -> (level, slice row)
         for level, row in axial_slices(study, canal).items():
             chosen.setdefault(int(row.series_id), []).append((level, row))
@@ -133,13 +137,16 @@ class Localiser:
         found = []
         sides = [c for c in CONDITIONS if CONDITION_SERIES[c] == AXIAL_T2]
         for series_id, picks in chosen.items():
-            slices = np.array([row.slice_index for _, row in picks])
-            for heatmap, (level, row) in zip(
-                self._heatmaps(store, study_id, series_id, slices, device), picks, strict=True
-            ):
+            series = study[study["series_id"] == series_id].sort_values("slice_index").reset_index(drop=True)
+            windows = [(level, search_window(series, int(row.slice_index))) for level, row in picks]
+            slices = np.unique(np.concatenate([window for _, window in windows]))
+            heatmaps = self._heatmaps(store, study_id, series_id, series["slice_index"].to_numpy()[slices], device)
+            at = {int(k): j for j, k in enumerate(slices)}
+            for level, window in windows:
                 for condition in sides:
-                    at = peak(heatmap[None, channel(condition, level)])
-                    x, y = self._to_frame(at.x, at.y, row)
+                    hit = peak(heatmaps[[at[int(k)] for k in window], channel(condition, level)])
+                    row = series.iloc[int(window[hit.slice])]
+                    x, y = self._to_frame(hit.x, hit.y, row)
                     found.append(
                         (
                             study_id,
@@ -151,18 +158,26 @@ class Localiser:
                             x,
                             y,
                             "localiser",
-                            at.probability,
+                            hit.probability,
                         )
                     )
         return found
+
+
+def search_window(series: pd.DataFrame, slice_index: int) -> np.ndarray:
+    """Rows (positions in `series`, its index rows in slice order) within AXIAL_SEARCH_WINDOW of a slice."""
+    position = int(np.flatnonzero(series["slice_index"].to_numpy() == slice_index)[0])
+    return np.arange(max(position - AXIAL_SEARCH_WINDOW, 0), min(position + AXIAL_SEARCH_WINDOW + 1, len(series)))
 
 
 def axial_slices(study: pd.DataFrame, canal: dict[str, pd.Series]) -> dict[str, pd.Series]:
     """Per level, the axial slice (its index row) nearest to the level's canal point in patient coordinates.
 
     study: the store index rows of one study; canal: level -> the canal point's slice row with its
-    x, y (pixels of that frame). Of several axial series, the one whose plane lies nearest wins; a
-    level that no axial series reaches (beyond half a slice gap from its ends) gets none.
+    x, y (pixels of that frame). Of several axial series that reach it, the one the point lies
+    deepest inside wins (where two stacks overlap by a level, that level is read on the stack that
+    covers it with room to spare, not at the other's edge); a level that no axial series reaches
+    (beyond half a slice gap from its ends) gets none.
     """
     axial = study[study["series_description"] == AXIAL_T2]
     chosen = {}
@@ -172,7 +187,7 @@ def axial_slices(study: pd.DataFrame, canal: dict[str, pd.Series]) -> dict[str, 
         for _, series in axial.groupby("series_id", sort=True):
             series = series.sort_values("slice_index")
             hit = nearest_slice(series, patient)
-            if hit.inside and (best is None or abs(hit.distance_mm) < abs(best[1].distance_mm)):
+            if hit.inside and (best is None or hit.depth_mm > best[1].depth_mm):
                 best = (series.iloc[hit.row], hit)
         if best is not None:
             chosen[level] = best[0]
