@@ -56,19 +56,25 @@ def synth(
 @app.command()
 def ingest(
     data_dir: Annotated[Path, typer.Argument(help="Kaggle-layout data folder")],
-    out: Annotated[Path | None, typer.Option(help="parquet file (default: under --workdir)")] = None,
+    out: Annotated[Path | None, typer.Option(help="also copy the long table to this parquet file")] = None,
     workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
 ) -> None:
-    """Build the long table (one row per coordinate row, with the study's 25 labels) as parquet."""
+    """Build the long table (one row per coordinate row, with the study's 25 labels) and the labels
+    as parquet, in WORKDIR/cache/: the pipeline's own ingest step, whose output it then reuses."""
+    import shutil
+
     from spine_model.catalog import Workspace
-    from spine_model.ingest import DataError, build_long_table, write_table
+    from spine_model.ingest import DataError
+    from spine_model.steps import ingest_step
 
     try:
-        result = build_long_table(data_dir)
+        ingested = ingest_step(data_dir, Workspace(workdir).dataset(data_dir))
     except DataError as error:
         raise _fail(str(error)) from None
-    path = write_table(result.table, out or Workspace(workdir).dataset(data_dir).long_table)
-    console.print(f"{result.describe()}\nwrote {path}")
+    console.print(f"{ingested.summary}\nwrote {ingested.table_path} and {ingested.labels_path}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        console.print(f"copied the long table to {shutil.copyfile(ingested.table_path, out)}")
 
 
 @app.command()
@@ -84,20 +90,50 @@ def preprocess(
     """Decode every series the split needs into a volume store once (reruns redo only what changed).
 
     One slice-ordered uint8 array per series (memory-mapped in training) and a parquet index, under
-    WORKDIR/cache/; training, evaluation and prediction all read it.
+    WORKDIR/cache/; training, evaluation and prediction all read it. The pipeline's own steps: for
+    'train', ingest first, and the coordinate rows whose image could not be stored are counted by
+    reason, as training would drop them.
     """
     from spine_model.catalog import Workspace
-    from spine_model.ingest import DataError, build_long_table
-    from spine_model.steps import series_to_store, store_step
+    from spine_model.ingest import DataError
+    from spine_model.steps import ingest_step, series_to_store, store_step
+    from spine_model.volumes import VolumeStore, describe_unplaced, locate_points
 
+    cache = Workspace(workdir).dataset(data_dir)
     try:
-        table = build_long_table(data_dir).table if split == "train" else None
+        table = ingest_step(data_dir, cache).read()[0] if split == "train" else None
         series = series_to_store(data_dir, split, table)
     except DataError as error:
         raise _fail(str(error)) from None
-    store_root = Workspace(workdir).dataset(data_dir).volume_store(split, store_size)
+    store_root = cache.volume_store(split, store_size)
     report = store_step(data_dir, split, series, store_root, store_size, workers)
     console.print(f"{report.describe()}\nvolume store in {store_root}")
+    if table is not None:
+        store = VolumeStore(store_root)
+        located, unplaced = locate_points(table, store.index, store.size)
+        console.print(f"{len(located)} of {len(table)} coordinate rows placed on stored slices")
+        for line in describe_unplaced(unplaced):
+            console.print(f"  dropped in training: {line}")
+
+
+@app.command()
+def validate(
+    data_dir: Annotated[Path, typer.Argument(help="Kaggle-layout data folder")],
+    split: Annotated[str, typer.Option(help="'train' (CSVs, coordinates and images) or 'test'")] = "train",
+    workers: Annotated[int | None, typer.Option(min=1, help="processes reading DICOM headers (default: all)")] = None,
+) -> None:
+    """Report every problem of a data folder, with counts and examples; exit 1 when it is not usable.
+
+    Errors (missing files, unreadable CSVs, unknown strings, bad ids) stop a run; warnings are what
+    training skips, counts and logs (e.g. missing images, repeated rows, points outside their image,
+    labels without points, files no decoder reads). Train runs the same checks first.
+    """
+    from spine_model.validate import validate_data
+
+    report = validate_data(data_dir, split, workers, progress=sys.stderr.isatty())
+    typer.echo(report.describe())
+    if not report.usable:
+        raise typer.Exit(code=1)
 
 
 def _with_model_options(model: type, positional: str):
@@ -107,14 +143,15 @@ def _with_model_options(model: type, positional: str):
         parameters = []
         for name, field in model.model_fields.items():
             flag = "--" + name.replace("_", "-")
-            if name == positional:
-                default = typer.Argument(..., help=field.description)
+            if name == positional:  # required, but for `--resume RUN_DIR` (checked by the command)
+                default = typer.Argument(None, help=field.description, show_default=False)
             elif field.annotation is bool:
                 default = typer.Option(field.default, f"{flag}/--no-{flag[2:]}", help=field.description)
             else:
                 default = typer.Option(field.default, flag, help=field.description)
             kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if name == positional else inspect.Parameter.KEYWORD_ONLY
-            parameters.append(inspect.Parameter(name, kind, default=default, annotation=field.annotation))
+            annotation = field.annotation | None if name == positional else field.annotation
+            parameters.append(inspect.Parameter(name, kind, default=default, annotation=annotation))
         parameters.sort(key=lambda p: p.kind)
         func.__signature__ = inspect.Signature(parameters)
         return func
@@ -127,7 +164,8 @@ def _train_command(**options) -> None:
 
     Defaults are the seed notebook's settings (family `seed`) for real data on a GPU. The
     recommended family is `--model-family crops`; add e.g. `--store-size 96 --crop-size 32
-    --epochs 4 --no-pretrained` for a quick CPU run on synthetic data.
+    --epochs 4 --no-pretrained` for a quick CPU run on synthetic data. `spine train --resume
+    RUN_DIR` goes on with an interrupted run from its last saved epoch.
     """
     from pydantic import ValidationError
 
@@ -135,15 +173,29 @@ def _train_command(**options) -> None:
     from spine_model.catalog import RunFolder
     from spine_model.families.backbones import PretrainedWeightsUnavailable
     from spine_model.ingest import DataError
+    from spine_model.preflight import SetupError
+    from spine_model.train import TrainingDiverged
 
-    options["data_dir"] = str(options["data_dir"])
+    if options["data_dir"] is None and not options.get("resume"):
+        raise _fail("DATA_DIR is missing: give the Kaggle-layout data folder (or --resume RUN_DIR)")
+    if options["data_dir"] is None:
+        options.pop("data_dir")
+    else:
+        options["data_dir"] = str(options["data_dir"])
     try:
         config = PipelineConfig(**options)
     except ValidationError as error:
         raise _fail("; ".join(e["msg"] for e in error.errors())) from None
+    if config.resume:
+        from flows.train import PipelineRun
+
+        try:
+            PipelineRun.load(config.resume)  # before any Prefect flow run starts: a clear line, not a failed run
+        except ValueError as error:
+            raise _fail(str(error)) from None
     try:
         result = train_pipeline(config)
-    except (DataError, PretrainedWeightsUnavailable, FileNotFoundError) as error:
+    except (DataError, SetupError, PretrainedWeightsUnavailable, FileNotFoundError, TrainingDiverged) as error:
         raise _fail(str(error)) from None
     run_dir = Path(str(result["run_dir"]))
     console.print()
@@ -243,12 +295,13 @@ def predict(
     """
     from flows.predict import predict as predict_flow
     from spine_model.ingest import DataError
+    from spine_model.preflight import SetupError
 
     try:
         result = predict_flow(
             str(data_dir), model, split, str(out), use_coordinates, tracking_uri, str(workdir), workers
         )
-    except (DataError, FileNotFoundError) as error:
+    except (DataError, SetupError, FileNotFoundError) as error:
         raise _fail(str(error)) from None
     console.print(f"wrote {result['rows']} rows ({result['rows'] // 25} studies) to {result['submission']}")
     scores = result["scores"]

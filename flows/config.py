@@ -5,9 +5,10 @@ Kept free of Prefect imports so that `spine --help` stays fast.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from spine_model.config import TrainConfig
 from spine_model.tracking import DEFAULT_EXPERIMENT
@@ -28,9 +29,29 @@ class PipelineConfig(TrainConfig):
         None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)"
     )
     dispatch: Literal["local", "work-pool"] = Field("local", description="train in-process, or on the GPU work pool")
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        """A URI is logged as a param and kept in the run folder: credentials come from the environment."""
+        if value and re.match(r"^[a-z+]+://[^/@]+@", value):
+            raise ValueError(
+                "tracking_uri must not hold credentials (they would be logged with the run): set "
+                "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN instead"
+            )
+        return value
+
     gpu_deployment: str = Field(GPU_DEPLOYMENT, description="deployment that trains when dispatch='work-pool'")
     dispatch_timeout_s: float = Field(6 * 3600, gt=0, description="how long to wait for the GPU flow run")
     compare_after: bool = Field(True, description="rank the experiment's runs and update the registry afterwards")
+    validate_first: bool = Field(
+        True, description="run `spine validate`'s checks before ingesting, counts to MLflow (reads each DICOM header)"
+    )
+    resume: str | None = Field(
+        None,
+        description="run folder of an interrupted run: go on from its last saved epoch, in its MLflow run, with "
+        "its own settings (the other settings given are not used)",
+    )
     model_name: str = Field("spine-net", description="registered model name for the champion/challenger aliases")
     preprocess_workers: int | None = Field(
         None, ge=1, description="processes that build the volume store (default: all cores)"
@@ -77,3 +98,4 @@ class TrainRequest(BaseModel):
     run_dir: str
     mlflow_run_id: str
     tracking_uri: str
+    resume: bool = False  # go on from the run folder's last saved epoch

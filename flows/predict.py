@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 
 from spine_model import tracking
 from spine_model.catalog import Workspace
-from tasks.data import volume_store
+from tasks.data import preflight_task, volume_store
 from tasks.predict import inference_frame_task, predict_task, score_task, store_size_task
 
 CHAMPION_URI = "models:/spine-net@champion"
@@ -34,11 +34,12 @@ def predict(
     (synthetic data does), the test split's submission is scored beside the prior baseline.
     """
     uri = tracking.resolve_tracking_uri(tracking_uri)
-    frame = inference_frame_task(data_dir, split, use_coordinates)
+    preflight_task(data_dir, workdir, uri, split)
+    frame, study_ids = inference_frame_task(data_dir, split, use_coordinates)
     size = store_size_task(model_uri, uri)
     store_root = Workspace(workdir).dataset(data_dir).volume_store(split, size)
     store = volume_store(data_dir, split, str(store_root), size, workers)
-    result = predict_task(model_uri, frame, store.root, str(Path(out).resolve()), uri)
+    result = predict_task(model_uri, frame, store.root, str(Path(out).resolve()), uri, study_ids)
     scores = score_task(data_dir, result["submission"], result["class_prior"]) if split == "test" else None
     if scores:
         get_run_logger().info("competition score %.4f, prior baseline %.4f", scores["score"], scores["prior_score"])

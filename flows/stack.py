@@ -125,7 +125,9 @@ class LocalStack:
             "mlflow-server",
             ["mlflow", "server", "--host", HOST, "--port", str(self.mlflow_port),
              "--backend-store-uri", f"sqlite:///{self.state_dir / 'mlflow.db'}",
-             "--artifacts-destination", str(self.state_dir / "mlartifacts")],
+             "--artifacts-destination", str(self.state_dir / "mlartifacts"),
+             # Only requests addressed to this machine's loopback (a guard against DNS rebinding).
+             "--allowed-hosts", f"{HOST},{HOST}:{self.mlflow_port},localhost,localhost:{self.mlflow_port}"],
         )  # fmt: skip
 
     def start_mlflow_server(self, timeout_s: float = 120) -> None:

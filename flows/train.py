@@ -12,7 +12,9 @@ must see) and MLflow run ids; within each process, tasks hand each other objects
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -26,16 +28,17 @@ from prefect.states import Cancelling
 from flows.compare import compare_models
 from flows.config import PipelineConfig, TrainRequest
 from spine_model import tracking
-from spine_model.catalog import Workspace
+from spine_model.catalog import RunFolder, Workspace, atomic_write
 from spine_model.compare import MODEL_SUMMARY
 from spine_model.families import get_family
-from spine_model.steps import read_metrics, read_model_uris
+from spine_model.steps import RunInputs, read_metrics, read_model_uris
 from spine_model.tracking.registry import LOCALISER_TAG
-from tasks.data import ingest, prepare_run_task, read_tables_task, volume_store
+from tasks.data import ingest, preflight_task, prepare_run_task, read_tables_task, validate_task, volume_store
 from tasks.registry import fetch_localiser_task, localiser_version_task, register_localiser_task
 from tasks.reporting import publish_summary_task
 from tasks.tracking import (
     end_run_task,
+    log_metrics_task,
     log_params_task,
     log_results_task,
     log_serving_task,
@@ -50,7 +53,7 @@ def train_on_gpu(request: TrainRequest) -> dict[str, float]:
     """Train and evaluate the classifier on this machine's device, logging into the parent's MLflow run."""
     _tag_child(request)
     run = load_run_task(request.run_dir)
-    train_task(run, request.mlflow_run_id, request.tracking_uri)
+    train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume)
     metrics = evaluate_task(run)
     log_results_task(request.mlflow_run_id, run, request.tracking_uri)
     return metrics
@@ -62,7 +65,7 @@ def train_localiser(request: TrainRequest) -> dict[str, float]:
     pipeline's), and register it as spine-localiser."""
     _tag_child(request)
     run = load_run_task(request.run_dir)
-    train_task(run, request.mlflow_run_id, request.tracking_uri)
+    train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume)
     metrics = evaluate_localiser_task(run)
     uris = log_results_task(request.mlflow_run_id, run, request.tracking_uri)
     register_localiser_task(request.mlflow_run_id, uris["model_uri"], request.tracking_uri)
@@ -139,23 +142,56 @@ def _run_name(config: PipelineConfig) -> str:
     return config.run_name or f"{stamp}-{flow_run.name or 'local'}"
 
 
+PIPELINE_STATE = "pipeline.json"  # in the run folder: what `resume` needs to go on with a run
+
+
+@dataclass
+class PipelineRun:
+    """One pipeline run once its run folder is prepared: what the training and the steps after it need."""
+
+    config: PipelineConfig
+    run_dir: str
+    run_id: str
+    tracking_uri: str
+    mode: str  # localiser mode: train, reuse or off
+    localiser_run_id: str | None = None
+    localiser_checkpoint: str | None = None  # a reused localiser's weights
+
+    def save(self) -> None:
+        payload = json.dumps({**asdict(self), "config": self.config.model_dump()}, indent=2).encode()
+        atomic_write(Path(self.run_dir) / PIPELINE_STATE, lambda handle: handle.write(payload))
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> PipelineRun:
+        path = Path(run_dir) / PIPELINE_STATE
+        if not path.is_file():
+            raise ValueError(f"{run_dir} is not a run folder of train-pipeline: it has no {PIPELINE_STATE}")
+        saved = json.loads(path.read_text())
+        return cls(**{**saved, "config": PipelineConfig(**saved["config"]), "run_dir": str(Path(run_dir).resolve())})
+
+
 @flow(name="train-pipeline", log_prints=True)
 def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float | str]:
-    """Ingest the Kaggle data, build the volume store, split by study, train the model family, evaluate, log."""
+    """Ingest the Kaggle data, build the volume store, split by study, train the model family, evaluate, log.
+
+    With `config.resume` (a run folder), go on with that interrupted run instead: its training from
+    the last saved epoch, in its own MLflow run(s), then everything after training.
+    """
+    if config.resume:
+        return _resume(config.resume)
     logger = get_run_logger()
     workspace = Workspace(config.workdir)
     cache = workspace.dataset(config.data_dir)
     run_name = _run_name(config)
     run_dir = workspace.run(run_name).root
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
-    prefect_tags = {
-        "prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name,
-        "prefect.deployment": deployment.name or "none", "prefect.ui_link": flow_run.ui_url or "",
-    }  # fmt: skip
-    run_id = start_run_task(config.experiment, run_name, prefect_tags, tracking_uri)
-    localiser_run_id = None
+    preflight_task(config.data_dir, config.workdir, tracking_uri)
+    run_id = start_run_task(config.experiment, run_name, _prefect_tags(), tracking_uri)
     mode = config.localiser_mode()
+    pipeline = PipelineRun(config, str(run_dir), run_id, tracking_uri, mode)
     try:
+        if config.validate_first:
+            log_metrics_task(run_id, validate_task(config.data_dir, config.preprocess_workers), tracking_uri)
         ingested = ingest(config.data_dir, str(cache.root))
         logger.info("ingest: %s", ingested.summary)
         tables = read_tables_task(ingested)
@@ -170,18 +206,18 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float
         params = {**config.model_dump(), **prepared.facts, "localiser_mode": mode}
         log_params_task(run_id, params, tracking_uri)
 
-        localiser_checkpoint = None
         if mode == "reuse":  # before any training: a missing localiser fails the run at once
-            localiser_checkpoint, localiser_model = fetch_localiser_task(
+            pipeline.localiser_checkpoint, localiser_model = fetch_localiser_task(
                 config.localiser_uri, str(prepared.folder.localiser.checkpoints), tracking_uri
             )
             set_tags_task(run_id, {LOCALISER_TAG: localiser_model}, tracking_uri)
-        jobs = [(TrainRequest(run_dir=str(run_dir), mlflow_run_id=run_id, tracking_uri=tracking_uri), train_on_gpu)]
         if mode == "train":
-            localiser_tags = {**prefect_tags, "mlflow.parentRunId": run_id}
-            localiser_run_id = start_run_task(config.experiment, f"{run_name}-localiser", localiser_tags, tracking_uri)
+            localiser_tags = {**_prefect_tags(), "mlflow.parentRunId": run_id}
+            pipeline.localiser_run_id = start_run_task(
+                config.experiment, f"{run_name}-localiser", localiser_tags, tracking_uri
+            )
             log_params_task(
-                localiser_run_id,
+                pipeline.localiser_run_id,
                 {
                     **localiser_config.model_dump(),
                     **prepared.facts,
@@ -189,37 +225,86 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float
                 },
                 tracking_uri,
             )
-            localiser_dir = str(prepared.folder.localiser.root)
-            jobs.append(
-                (
-                    TrainRequest(run_dir=localiser_dir, mlflow_run_id=localiser_run_id, tracking_uri=tracking_uri),
-                    train_localiser,
-                )
-            )
-        if config.dispatch == "local":
-            for request, child in jobs:
-                child(request)
-        else:
-            deployments = {train_on_gpu: config.gpu_deployment, train_localiser: config.localiser_deployment}
-            _dispatch_to_work_pool([(request, deployments[child]) for request, child in jobs], config)
-
-        if mode == "train":
-            localiser_checkpoint = str(prepared.folder.localiser.best_checkpoint)
-            end_run_task(localiser_run_id, "FINISHED", tracking_uri)
-            set_tags_task(run_id, {LOCALISER_TAG: localiser_version_task(localiser_run_id, tracking_uri)}, tracking_uri)
-        log_serving_task(run_id, prepared.inputs(), localiser_checkpoint, tracking_uri)
-
-        metrics = read_metrics(run_dir)
-        publish_summary_task(
-            str(run_dir), tracking.run_link(run_id, tracking_uri), read_model_uris(run_dir),
-            str(prepared.folder.localiser.root) if mode == "train" else None,
-        )  # fmt: skip
-        end_run_task(run_id, "FINISHED", tracking_uri)
+        pipeline.save()
+        result = _train_and_finish(pipeline, prepared.inputs(), resume=False)
     except BaseException:
-        for failed in (localiser_run_id, run_id):  # plain calls: they work even while the flow fails
-            if failed is not None:
-                end_run_task.fn(failed, "FAILED", tracking_uri)
+        _mark_failed(pipeline)
         raise
-    if config.compare_after:  # after the run is FINISHED, so that it takes part in the ranking
-        compare_models(config.experiment, tracking_uri, config.model_name)
-    return {**metrics, "mlflow_run_id": run_id, "run_dir": str(run_dir)}
+    _compare_after(pipeline)
+    return result
+
+
+def _resume(run_dir: str) -> dict[str, float | str]:
+    """Go on with an interrupted pipeline run: reopen its MLflow run(s), train from the last saved
+    epoch, then everything after training, as the run would have."""
+    pipeline = PipelineRun.load(run_dir)
+    logger = get_run_logger()
+    for run_id in (pipeline.run_id, pipeline.localiser_run_id):
+        if run_id is not None:
+            tracking.reopen_run(run_id, pipeline.tracking_uri)
+            set_tags_task(run_id, {"resumed_by_flow_run": flow_run.id}, pipeline.tracking_uri)
+    logger.info("resuming run folder %s (MLflow run %s)", pipeline.run_dir, pipeline.run_id)
+    try:
+        result = _train_and_finish(pipeline, load_run_task(pipeline.run_dir), resume=True)
+    except BaseException:
+        _mark_failed(pipeline)
+        raise
+    _compare_after(pipeline)
+    return result
+
+
+def _mark_failed(pipeline: PipelineRun) -> None:
+    for failed in (pipeline.localiser_run_id, pipeline.run_id):  # plain calls: they work while the flow fails
+        if failed is not None:
+            end_run_task.fn(failed, "FAILED", pipeline.tracking_uri)
+
+
+def _prefect_tags() -> dict[str, str]:
+    return {
+        "prefect.flow_run_id": flow_run.id, "prefect.flow_run_name": flow_run.name,
+        "prefect.deployment": deployment.name or "none", "prefect.ui_link": flow_run.ui_url or "",
+    }  # fmt: skip
+
+
+def _train_and_finish(pipeline: PipelineRun, inputs: RunInputs, resume: bool) -> dict[str, float | str]:
+    """The training flow runs (and the localiser's), then the serving model, the summary, the end of
+    the MLflow run and the comparison."""
+    config, run_dir, run_id, tracking_uri = pipeline.config, pipeline.run_dir, pipeline.run_id, pipeline.tracking_uri
+    folder = RunFolder(run_dir)
+    jobs = [
+        (TrainRequest(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=tracking_uri, resume=resume), train_on_gpu)
+    ]
+    if pipeline.mode == "train":
+        request = TrainRequest(
+            run_dir=str(folder.localiser.root), mlflow_run_id=pipeline.localiser_run_id, tracking_uri=tracking_uri,
+            resume=resume,
+        )  # fmt: skip
+        jobs.append((request, train_localiser))
+    if config.dispatch == "local":
+        for request, child in jobs:
+            child(request)
+    else:
+        deployments = {train_on_gpu: config.gpu_deployment, train_localiser: config.localiser_deployment}
+        _dispatch_to_work_pool([(request, deployments[child]) for request, child in jobs], config)
+
+    localiser_checkpoint = pipeline.localiser_checkpoint
+    if pipeline.mode == "train":
+        localiser_checkpoint = str(folder.localiser.weights(config.localiser_config().restore_best))
+        end_run_task(pipeline.localiser_run_id, "FINISHED", tracking_uri)
+        version = localiser_version_task(pipeline.localiser_run_id, tracking_uri)
+        set_tags_task(run_id, {LOCALISER_TAG: version}, tracking_uri)
+    log_serving_task(run_id, inputs, localiser_checkpoint, tracking_uri)
+
+    metrics = read_metrics(run_dir)
+    publish_summary_task(
+        run_dir, tracking.run_link(run_id, tracking_uri), read_model_uris(run_dir),
+        str(folder.localiser.root) if pipeline.mode == "train" else None,
+    )  # fmt: skip
+    end_run_task(run_id, "FINISHED", tracking_uri)
+    return {**metrics, "mlflow_run_id": run_id, "run_dir": run_dir}
+
+
+def _compare_after(pipeline: PipelineRun) -> None:
+    """After the run is FINISHED (so that it takes part in the ranking), outside the run's own try."""
+    if pipeline.config.compare_after:
+        compare_models(pipeline.config.experiment, pipeline.tracking_uri, pipeline.config.model_name)

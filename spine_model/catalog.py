@@ -82,9 +82,16 @@ class RunFolder:
     checkpoints = property(lambda self: self.root / "checkpoints")
     best_checkpoint = property(lambda self: checkpoint_files(self.checkpoints)[0])
     last_checkpoint = property(lambda self: checkpoint_files(self.checkpoints)[1])
+
+    def weights(self, restore_best: bool = True) -> Path:
+        """The checkpoint a run is evaluated, logged and served with: the lowest-validation-loss
+        epoch's when `restore_best` (TrainConfig.restore_best), else the last epoch's."""
+        return self.best_checkpoint if restore_best else self.last_checkpoint
+
     history = property(lambda self: self.root / "history.csv")
     curves = property(lambda self: self.root / "training_curves.png")
     fit_summary = property(lambda self: self.root / "fit.json")
+    pending_metrics = property(lambda self: self.root / "pending_metrics.jsonl")  # not yet taken by MLflow
     model_uris = property(lambda self: self.root / "mlflow_models.json")
     evaluation = property(lambda self: self.root / "evaluation")
     localiser = property(lambda self: RunFolder(self.root / "localiser"))  # the stage-1 run of this run

@@ -115,6 +115,17 @@ class Decision:
         return f"{verdict}: {self.reason} ({scores})"
 
 
+def candidate(ranked: pd.DataFrame, champion: pd.Series | None) -> pd.Series:
+    """The run to weigh against the champion: the best servable run validated on the champion's
+    own studies, since only those scores compare; the best servable run overall when none is (or
+    when there is no champion). `ranked` holds servable runs in rank order."""
+    if champion is not None:
+        comparable = ranked[ranked[VAL_FINGERPRINT] == champion.get(VAL_FINGERPRINT)]
+        if not comparable.empty:
+            return comparable.iloc[0]
+    return ranked.iloc[0]
+
+
 def decide(candidate: pd.Series, champion: pd.Series | None, score: str = SCORE) -> Decision:
     """Promote the candidate only when it beats the champion (a lower `score`) on the same validation studies."""
     base = {"candidate_run_id": candidate["run_id"], "candidate_score": float(candidate[score])}

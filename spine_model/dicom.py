@@ -35,9 +35,7 @@ def read_frame(path: str | Path) -> Frame:
         ds = pydicom.dcmread(path)
     except Exception as error:  # pydicom raises many types for broken files
         raise DicomReadError(f"{path}: not a readable DICOM file ({error})") from error
-    # A truncated file can parse into an almost empty dataset; only pixel access would fail.
-    if "PixelData" not in ds:
-        raise DicomReadError(f"{path}: no PixelData element (truncated or not an image)")
+    check_pixel_data(ds, path)
     try:
         pixels = ds.pixel_array.astype(np.float32)
     except Exception as error:
@@ -56,6 +54,54 @@ def read_frame(path: str | Path) -> Frame:
     return Frame(
         pixels, position, spacing_row, spacing_col, origin, tuple(float(v) for v in ds.ImageOrientationPatient)
     )
+
+
+DECODER_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (declared by this package)"
+
+
+def check_pixel_data(ds: pydicom.Dataset, path: str | Path) -> None:
+    """Why a dataset's pixels cannot be one frame, named precisely, before decoding is tried.
+
+    A file cut short parses into a dataset without PixelData (or with too few bytes of it); a
+    compressed transfer syntax needs its decoder plugin; uncompressed pixel data must hold what
+    Rows x Columns x BitsAllocated (x SamplesPerPixel) say, give or take less than a frame of padding.
+    """
+    if "PixelData" not in ds:
+        size = Path(path).stat().st_size if Path(path).exists() else 0
+        raise DicomReadError(f"{path}: no pixel data: the file ends early (truncated, {size} bytes) or is not an image")
+    missing = [name for name in ("Rows", "Columns", "BitsAllocated") if ds.get(name) in (None, "")]
+    if missing:
+        raise DicomReadError(f"{path}: lacks {'/'.join(missing)}, so its pixel data cannot be read")
+    frames = int(ds.get("NumberOfFrames") or 1)
+    if frames != 1:
+        raise DicomReadError(f"{path}: holds {frames} frames; one 2-D frame per file is expected")
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax is None:
+        return  # pydicom guesses the encoding; decoding says what is wrong, if anything
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as error:
+        raise DicomReadError(f"{path}: transfer syntax {syntax} ({syntax.name}) has no pixel decoder") from error
+    if not decoder.is_available:
+        raise DicomReadError(
+            f"{path}: transfer syntax {syntax.name} needs a decoder that is not installed ({DECODER_HINT})"
+        )
+    if syntax.is_compressed:
+        return
+    samples = int(ds.get("SamplesPerPixel") or 1)
+    rows, columns, bits = int(ds.Rows), int(ds.Columns), int(ds.BitsAllocated)
+    expected = (rows * columns * samples * bits + 7) // 8
+    actual = len(ds.PixelData)
+    header = f"Rows x Columns {rows} x {columns} at {bits} bits need {expected} bytes"
+    if actual < expected:
+        raise DicomReadError(f"{path}: pixel data truncated: {actual} bytes, where {header}")
+    if actual >= 2 * expected:  # less than a frame more is padding, which pydicom strips
+        raise DicomReadError(
+            f"{path}: pixel data of {actual} bytes does not match the header ({header}): Rows/Columns are wrong"
+        )
 
 
 def to_uint8(pixels: np.ndarray, low_percentile: float = 0.5, high_percentile: float = 99.5) -> np.ndarray:

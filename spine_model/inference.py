@@ -26,10 +26,17 @@ from spine_model.evaluate import predict_outputs
 from spine_model.families import get_family
 from spine_model.families.base import CELLS_SHAPE, batches
 from spine_model.families.localiser.locate import Localiser
-from spine_model.ingest import load_coordinates, load_series_descriptions
+from spine_model.ingest import DataError, load_coordinates, load_series_descriptions
 from spine_model.metrics import submission_from_probabilities
 from spine_model.train import load_checkpoint, resolve_device
-from spine_model.volumes import SERIES_KEY, SLICE_KEY, MemoryVolumeStore, VolumeReader, locate_points
+from spine_model.volumes import (
+    SERIES_KEY,
+    SLICE_KEY,
+    MemoryVolumeStore,
+    VolumeReader,
+    describe_unplaced,
+    locate_points,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,8 @@ def list_series_files(data_dir: str | Path, split: str = "test", series: pd.Data
         series = load_series_descriptions(data_dir, split)
     series = series[[*SERIES_KEY, "series_description"]].drop_duplicates()
     root = Path(data_dir) / images_dir(split)
+    if not root.is_dir():
+        raise DataError(f"{root} not found: the DICOM files of the {split} studies")
     rows, odd_names, empty = [], [], []
     for study_id, series_id, description in series.itertuples(index=False):
         paths = sorted((root / str(study_id) / str(series_id)).glob("*.dcm"))
@@ -162,6 +171,29 @@ def inference_frame(data_dir: str | Path, split: str = "test", use_coordinates: 
     return frame[list(FRAME_COLUMNS)]
 
 
+def listed_study_ids(data_dir: str | Path, split: str = "test") -> list[int]:
+    """Every study that `{split}_series_descriptions.csv` lists, in study order."""
+    return sorted(int(s) for s in load_series_descriptions(data_dir, split)["study_id"].unique())
+
+
+def with_every_study(submission: pd.DataFrame, study_ids: list[int], class_prior: np.ndarray) -> pd.DataFrame:
+    """The submission with the class prior's 25 rows for every listed study it lacks (a study with
+    no images, or none readable), logged; studies in the listed order, rows within one unchanged."""
+    present = submission["row_id"].str.split("_", n=1).str[0].astype(np.int64)
+    missing = sorted(set(study_ids) - set(present))
+    if not missing:
+        return submission
+    log.warning(
+        "%d listed study(ies) have no images to predict from, e.g. %s; they get the class prior",
+        len(missing), missing[0],
+    )  # fmt: skip
+    prior = np.repeat(np.asarray(class_prior, dtype=np.float64)[:, None, :], len(LEVELS), axis=1)
+    filled = pd.concat([submission, submission_from_probabilities({s: prior for s in missing})], ignore_index=True)
+    order = {study_id: i for i, study_id in enumerate(study_ids)}
+    studies = filled["row_id"].str.split("_", n=1).str[0].astype(np.int64).map(order)
+    return filled.iloc[np.argsort(studies.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
 def validate_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """The frame with its optional columns added and ids as integers; a clear error if unusable."""
     required = ["study_id", "series_id", "instance_number", "image_path"]
@@ -260,12 +292,8 @@ class Predictor:
         family = get_family(self.config.model_family)
         points = self.points(frame, store)
         located, unplaced = locate_points(points, store.index, store.size)
-        if len(unplaced):
-            example = unplaced.iloc[0]
-            log.warning(
-                "%d point(s) on images that could not be read, e.g. study %s series %s instance %s",
-                len(unplaced), example.study_id, example.series_id, example.instance_number,
-            )  # fmt: skip
+        for line in describe_unplaced(unplaced):
+            log.warning("not predicted from %s", line)
         if located.empty:
             return {}
         loader = batches(family.dataset(located, store, self.config, train=False), self.config.batch_size)

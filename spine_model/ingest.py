@@ -1,9 +1,11 @@
 """Kaggle CSVs to the seed's long table: one row per coordinate row, with all 25 study labels.
 
-Bad input fails fast with an error naming file, row and value (missing file or column, unknown
-label / condition / level / series description string, non-integer id). Row-level problems
-(coordinate row without a train.csv study, series without a description, missing image file) are
-skipped, counted by reason and logged, never silently dropped.
+Bad input fails fast with an error naming file, row and value (missing, empty, header-only or
+non-UTF-8 file, missing column, unknown label / condition / level / series description string,
+non-integer or too large id, no image folder). Row-level problems (coordinate row without a
+train.csv study, series without a description, missing image file, a row repeated, a second point
+for one study, condition and level) are skipped, counted by reason and logged, never silently
+dropped.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ LONG_TABLE_COLUMNS = (
 SKIP_NO_STUDY = "study not in train.csv"
 SKIP_NO_DESCRIPTION = "series without a description"
 SKIP_NO_IMAGE = "image file missing"
+SKIP_DUPLICATE = "coordinate row repeated"
+SKIP_SECOND_POINT = "another point for the same study, condition and level"
+MAX_ID = np.iinfo(np.int64).max
 
 
 class DataError(ValueError):
@@ -69,18 +74,34 @@ class IngestResult:
         return text
 
 
-def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
-    """Read a CSV as strings, so that every value can be checked and reported as written."""
+def _read_csv(path: Path, required: tuple[str, ...], allow_no_rows: bool = False) -> pd.DataFrame:
+    """Read a CSV as strings, so that every value can be checked and reported as written.
+
+    UTF-8 (a byte-order mark is allowed); an empty file, one that is not UTF-8 text, or one with a
+    header but no rows (unless `allow_no_rows`) is a DataError that says so.
+    """
     if not path.is_file():
         raise DataError(
             f"{path} not found: expected the Kaggle layout (train.csv, train_label_coordinates.csv, "
             f"train_series_descriptions.csv, train_images/) in {path.parent}"
         )
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    frame.columns = [column.strip() for column in frame.columns]
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError as error:
+        raise DataError(f"{path} is empty: expected a header line with {list(required)}") from error
+    except UnicodeDecodeError as error:
+        raise DataError(
+            f"{path} is not UTF-8 text: byte {error.object[error.start]:#04x} at offset {error.start} "
+            "(save it as UTF-8)"
+        ) from error
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path} is not a readable CSV file ({error})") from error
+    frame.columns = [str(column).strip() for column in frame.columns]
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {missing}; found {list(frame.columns)}")
+    if frame.empty and not allow_no_rows:
+        raise DataError(f"{path} has a header but no rows")
     return frame
 
 
@@ -99,6 +120,9 @@ def _integers(path: Path, frame: pd.DataFrame, column: str) -> pd.Series:
     ok = text.str.fullmatch(r"\d+")
     if not ok.all():
         raise _first_bad(path, frame, column, ok, "a non-negative integer id")
+    fits = text.map(lambda value: int(value) <= MAX_ID)
+    if not fits.all():
+        raise _first_bad(path, frame, column, fits, f"an id of at most {MAX_ID} (64 bits)")
     return text.astype(np.int64)
 
 
@@ -186,6 +210,10 @@ def build_long_table(data_dir: str | Path, check_images: bool = True) -> IngestR
     rows = load_coordinates(data_dir)
     skipped: Counter[str] = Counter()
 
+    if check_images and not (data_dir / images_dir("train")).is_dir():
+        raise DataError(f"{data_dir / images_dir('train')} not found: the DICOM files of the training studies")
+    rows = _skip(rows, rows.duplicated().to_numpy(), SKIP_DUPLICATE, skipped)
+    rows = _skip(rows, rows.duplicated(["study_id", "condition", "level"]).to_numpy(), SKIP_SECOND_POINT, skipped)
     rows = _skip(rows, ~rows["study_id"].isin(labels["study_id"]).to_numpy(), SKIP_NO_STUDY, skipped)
     rows = rows.merge(series, on=["study_id", "series_id"], how="left")
     rows = _skip(rows, rows["series_description"].isna().to_numpy(), SKIP_NO_DESCRIPTION, skipped)
@@ -211,8 +239,8 @@ def build_long_table(data_dir: str | Path, check_images: bool = True) -> IngestR
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write a long table as parquet (never pickle), creating parent folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(path, index=False)
-    return path
+    """Write a long table as parquet (never pickle), creating parent folders; atomically, so that a
+    concurrent reader (another pipeline run on the same data) never sees half a file."""
+    from spine_model.catalog import atomic_write
+
+    return atomic_write(path, lambda handle: table.to_parquet(handle, index=False))

@@ -160,11 +160,12 @@ def solution_from_labels(labels: pd.DataFrame) -> pd.DataFrame:
 def submission_from_probabilities(
     study_probabilities: Mapping[int, np.ndarray],
 ) -> pd.DataFrame:
-    """Submission rows from per-study probabilities of shape (5 conditions, 5 levels, 3)."""
+    """Submission rows from per-study probabilities of shape (5 conditions, 5 levels, 3), each row
+    normalised to sum to 1 (an all-zero row becomes uniform, as the metric reads it)."""
     rows = []
     for study_id, probabilities in study_probabilities.items():
         probabilities = np.asarray(probabilities, dtype=np.float64)
-        probabilities = probabilities / probabilities.sum(axis=-1, keepdims=True)
+        probabilities = _normalise_rows(probabilities.reshape(-1, probabilities.shape[-1])).reshape(probabilities.shape)
         for c, condition in enumerate(CONDITIONS):
             for lv, level in enumerate(LEVELS):
                 rows.append((row_id(study_id, condition, level), *probabilities[c, lv]))

@@ -35,7 +35,16 @@ from spine_model.metrics import class_prior, score_against_prior
 from spine_model.plots import plot_confusion_matrix, plot_localiser_examples, plot_training_curves
 from spine_model.split import StudySplit, split_by_study
 from spine_model.train import EpochStats, FitResult, load_checkpoint, train_model
-from spine_model.volumes import SLICE_KEY, StoreReport, VolumeStore, build_volume_store, locate_points
+from spine_model.volumes import (
+    SLICE_KEY,
+    UNPLACED_NOT_STORED,
+    UNPLACED_OUTSIDE,
+    StoreReport,
+    VolumeStore,
+    build_volume_store,
+    describe_unplaced,
+    locate_points,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +137,8 @@ def prepare_run(
     folder = RunFolder(run_dir)
     volumes = VolumeStore(store.root)
     points, unplaced = locate_points(table, volumes.index, volumes.size)
-    if len(unplaced):
-        example = unplaced[SLICE_KEY].iloc[0].tolist()
-        log.warning("dropping %d point(s) whose image could not be read, e.g. %s", len(unplaced), example)
+    for line in describe_unplaced(unplaced):
+        log.warning("dropping %s", line)
     split = split_by_study(points, config.val_fraction, config.split_seed)
     write_table(points, folder.points)
     train_points = split.select(points, "train")
@@ -144,7 +152,7 @@ def prepare_run(
         write_table(points, folder.localiser.points)
         shutil.copyfile(folder.priors, folder.localiser.priors)
         localiser.save(folder.localiser.root)
-    facts = data_facts(points, labels, split, store, len(unplaced), ingested.skipped)
+    facts = data_facts(points, labels, split, store, unplaced, ingested.skipped)
     facts[MODEL_SUMMARY] = get_family(config.model_family).describe(config)
     return PreparedRun(folder, record, facts, points, labels, localiser)
 
@@ -154,7 +162,7 @@ def data_facts(
     labels: pd.DataFrame,
     split: StudySplit,
     store: StoreReport,
-    dropped_points: int,
+    unplaced: pd.DataFrame,
     ingest_skipped: dict[str, int],
 ) -> dict[str, int | str]:
     """Counts worth logging beside the config: studies and points per split, labels, skips."""
@@ -165,7 +173,8 @@ def data_facts(
         "data_train_points": len(split.select(points, "train")),
         "data_val_points": len(split.select(points, "val")),
         "data_rows_skipped_at_ingest": sum(ingest_skipped.values()),
-        "data_points_dropped_unreadable": dropped_points,
+        "data_points_dropped_unreadable": int((unplaced["reason"] == UNPLACED_NOT_STORED).sum()),
+        "data_points_dropped_outside_image": int((unplaced["reason"] == UNPLACED_OUTSIDE).sum()),
         "data_images_unreadable": len(store.unreadable_files),
         "data_series_skipped": len(store.skipped_series),
     }
@@ -195,17 +204,27 @@ class RunInputs:
             VolumeStore(record.store_root),
         )  # fmt: skip
 
+    @property
+    def weights(self) -> Path:
+        """The checkpoint this run is evaluated, logged and served with (its config's restore_best)."""
+        return self.folder.weights(self.record.config.restore_best)
+
 
 def train_step(
     run: RunInputs,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> FitResult:
-    """Train as the run's record says; writes checkpoints, history, curves and the fit summary."""
+    """Train as the run's record says; writes checkpoints, history, curves and the fit summary.
+
+    `resume`: go on from the last epoch the run folder's training state holds (see `fit`).
+    """
     folder = run.folder
     _, result = train_model(
-        run.points, run.record.split, run.store, run.record.config, folder.checkpoints, on_epoch_end, progress
-    )
+        run.points, run.record.split, run.store, run.record.config, folder.checkpoints, on_epoch_end, progress,
+        resume=resume,
+    )  # fmt: skip
     history = result.history_frame()
     history.to_csv(folder.history, index=False)
     plot_training_curves(history, folder.curves)
@@ -214,11 +233,18 @@ def train_step(
 
 
 def evaluate_step(
-    run: RunInputs, checkpoint: str = "best", progress: bool = True
+    run: RunInputs, checkpoint: str | None = None, progress: bool = True
 ) -> tuple[Evaluation, dict[str, Path]]:
-    """Evaluate the run's best (or last) checkpoint on its validation split; writes evaluation/."""
+    """Evaluate a checkpoint of the run on its validation split; writes evaluation/.
+
+    checkpoint: 'best' or 'last'; by default the run's own choice (`RunInputs.weights`).
+    """
     folder = run.folder
-    path = {"best": folder.best_checkpoint, "last": folder.last_checkpoint}[checkpoint]
+    path = (
+        run.weights
+        if checkpoint is None
+        else {"best": folder.best_checkpoint, "last": folder.last_checkpoint}[checkpoint]
+    )
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the run has not finished an epoch yet")
     model, config = load_checkpoint(path)
@@ -233,7 +259,7 @@ def evaluate_localiser_step(run: RunInputs, progress: bool = True) -> tuple[Loca
     """The run's localiser (best checkpoint) against the coordinate prior on its validation studies;
     writes the evaluation and a picture of a few studies."""
     folder = run.folder
-    localiser = Localiser.load(folder.best_checkpoint, run.record.config.device)
+    localiser = Localiser.load(run.weights, run.record.config.device)
     coordinate_prior, _ = load_priors(folder.priors)
     evaluation = evaluate_localiser(localiser, run.points, run.record.split, run.store, coordinate_prior)
     files = folder.localiser_evaluation_files()
@@ -250,7 +276,7 @@ def log_run_outputs(run_id: str, run: RunInputs, tracking_uri: str | None = None
     becomes a run tag and is returned; the serving model is logged apart (`log_serving_model`).
     """
     folder = run.folder
-    model, config = load_checkpoint(folder.best_checkpoint)
+    model, config = load_checkpoint(run.weights)
     family = get_family(config.model_family)
     localiser = family.produces == "points"
     files = folder.localiser_evaluation_files() if localiser else folder.evaluation_files()
@@ -261,7 +287,7 @@ def log_run_outputs(run_id: str, run: RunInputs, tracking_uri: str | None = None
     tracking.log_artifacts(run_id, [p for p in files.values() if p not in pictures], "reports", tracking_uri)
     tracking.log_artifacts(run_id, [*pictures, folder.curves], "plots", tracking_uri)
     tracking.log_artifacts(run_id, [folder.record, folder.history, folder.priors], "run", tracking_uri)
-    tracking.log_artifacts(run_id, [folder.best_checkpoint], "weights", tracking_uri)
+    tracking.log_artifacts(run_id, [run.weights], "weights", tracking_uri)
 
     examples = run.record.split.select(run.points, "val").head(2)
     inputs, _ = model_inputs(family, family.dataset(examples, run.store, config, train=False), config, 2)
@@ -284,7 +310,7 @@ def log_serving_model(
     examples = run.record.split.select(run.points, "val").head(2)
     with tracking.active_run(run_id, tracking_uri):
         uri = log_pyfunc_model(
-            folder.best_checkpoint, folder.priors, serving_example(examples, run.record.data_dir),
+            run.weights, folder.priors, serving_example(examples, run.record.data_dir),
             run.record.config.store_size, localiser_checkpoint,
         )  # fmt: skip
     tracking.set_tags(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
+import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -170,6 +172,81 @@ def run_epoch(
     return float(loss_total / weight_total), float(correct / labelled)
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss became NaN or infinite: training stopped; the last good epoch's checkpoints are kept."""
+
+
+def _rng_states() -> dict:
+    """Every random state an epoch draws from (torch, CUDA, NumPy, Python), as plain tensors and ints."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached": float(cached), "kind": kind},
+        "python": random.getstate(),
+    }  # fmt: skip
+
+
+def _set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _generators(loaders: list[DataLoader]) -> list[torch.Generator]:
+    """The loaders' own generators (shuffle order, worker seeds): random states beside the global ones."""
+    return [loader.generator for loader in loaders if loader.generator is not None]
+
+
+def save_training_state(
+    path: Path, model, optimizer, scheduler, config: TrainConfig, result: FitResult, loaders: list[DataLoader]
+) -> None:
+    """Everything to go on from the next epoch, written atomically: weights, optimiser, scheduler,
+    epoch, RNG states (the loaders' too), best epoch and score, history. (bf16 autocast needs no
+    AMP grad scaler.)"""
+    payload = {
+        "model_family": config.model_family,
+        "config": config.model_dump(),
+        "epoch": result.history[-1].epoch,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "grad_scaler": None,
+        "rng": _rng_states(),
+        "loader_rng": [generator.get_state() for generator in _generators(loaders)],
+        "best_epoch": result.best_epoch,
+        "best_val_loss": result.best_val_loss,
+        "history": [asdict(stats) for stats in result.history],
+    }
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def load_training_state(
+    path: Path, model, optimizer, scheduler, config: TrainConfig, loaders: list[DataLoader]
+) -> FitResult:
+    """Restore what `save_training_state` wrote into model, optimiser, scheduler and the RNGs; the
+    history so far. A state of another model family or other training settings is an error."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    saved = TrainConfig(**payload["config"])
+    settings = ("model_family", "backbone", "batch_size", "lr", "seed", "image_size", "crop_size", "crop_slices")
+    differing = [key for key in settings if getattr(saved, key) != getattr(config, key)]
+    if differing:
+        raise ValueError(f"{path} was written with other settings ({', '.join(differing)}): cannot resume from it")
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(payload["optimizer"])
+    scheduler.load_state_dict(payload["scheduler"])
+    _set_rng_states(payload["rng"])
+    for generator, state in zip(_generators(loaders), payload["loader_rng"], strict=True):
+        generator.set_state(state)
+    history = [EpochStats(**stats) for stats in payload["history"]]
+    return FitResult(history, payload["best_epoch"], payload["best_val_loss"])
+
+
 def fit(
     model: nn.Module,
     family: ModelFamily,
@@ -179,8 +256,15 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> FitResult:
-    """Train `model` for `config.epochs`; keep (and save) the lowest-val-loss weights."""
+    """Train `model` for `config.epochs`; keep (and save) the lowest-val-loss weights.
+
+    With `checkpoint_dir`, every epoch ends by writing best.pt (when it improved), last.pt and the
+    full training state (state.pt), each atomically. `resume` goes on from the epoch after the one
+    state.pt holds (a fresh start when there is none), as if training had never stopped. A loss
+    that is NaN or infinite raises TrainingDiverged before that epoch writes anything.
+    """
     device = resolve_device(config.device)
     model.to(device)
     if device.type == "cuda":
@@ -194,12 +278,18 @@ def fit(
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=config.lr_patience, factor=config.lr_factor
     )
+    result = FitResult()
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         best_path, last_path = checkpoint_files(checkpoint_dir)
-    result = FitResult()
+        state_path = training_state_file(checkpoint_dir)
+        if resume and state_path.is_file():
+            result = load_training_state(state_path, model, optimizer, scheduler, config, [train_loader, val_loader])
+            log.info("resumed from %s: epoch %d of %d done", state_path, result.history[-1].epoch, config.epochs)
+        elif resume:
+            log.info("nothing to resume in %s: training from the first epoch", checkpoint_dir)
     best_state = None
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(len(result.history) + 1, config.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
         train_loss, train_accuracy = run_epoch(
@@ -209,6 +299,12 @@ def fit(
         val_loss, val_accuracy = run_epoch(
             step_model, family, val_loader, device, class_weights, config, None, f"epoch {epoch} val", progress
         )
+        if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+            kept = f"{last_path} holds epoch {epoch - 1}" if checkpoint_dir is not None and epoch > 1 else "none kept"
+            raise TrainingDiverged(
+                f"epoch {epoch}: train loss {train_loss}, validation loss {val_loss}: not finite; training "
+                f"stopped (last good checkpoint: {kept}); try a lower lr or grad_clip"
+            )
         scheduler.step(val_loss)
         stats = EpochStats(epoch, train_loss, train_accuracy, val_loss, val_accuracy, lr, time.perf_counter() - started)
         result.history.append(stats)
@@ -223,11 +319,25 @@ def fit(
                 save_checkpoint(best_path, model, config, epoch, val_loss)
         if checkpoint_dir is not None:
             save_checkpoint(last_path, model, config, epoch, val_loss)
+            save_training_state(state_path, model, optimizer, scheduler, config, result, [train_loader, val_loader])
         if on_epoch_end is not None:
             on_epoch_end(stats)
     if config.restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    elif config.restore_best and checkpoint_dir is not None and best_path.is_file():  # resumed: best from disk
+        model.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"])
     return result
+
+
+def training_state_file(checkpoint_dir: str | Path) -> Path:
+    """Where `fit` keeps the state it resumes from."""
+    return Path(checkpoint_dir) / "state.pt"
+
+
+def saved_epoch(checkpoint_dir: str | Path) -> int:
+    """The last epoch whose training state `fit` saved in `checkpoint_dir` (0: none)."""
+    path = training_state_file(checkpoint_dir)
+    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) if path.is_file() else 0
 
 
 def save_checkpoint(path: Path, model: nn.Module, config: TrainConfig, epoch: int, val_loss: float) -> None:
@@ -265,6 +375,7 @@ def train_model(
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
     allow_download: bool = True,
+    resume: bool = False,
 ) -> tuple[nn.Module, FitResult]:
     """Build the config's model family and fit it on the split's points; returns the model and history.
 
@@ -283,5 +394,5 @@ def train_model(
         "training %s on %s: %d train points, %d validation points",
         family.describe(config), device, len(train_points), len(val_points),
     )  # fmt: skip
-    result = fit(model, family, train_loader, val_loader, config, checkpoint_dir, on_epoch_end, progress)
+    result = fit(model, family, train_loader, val_loader, config, checkpoint_dir, on_epoch_end, progress, resume)
     return model, result

@@ -297,8 +297,26 @@ def build_volume_store(
 
     Parallel over processes, resumable (a series whose files are unchanged is not redone), atomic
     per file; unreadable files are counted and logged, a series without any readable slice is
-    skipped with its reason. The index covers every series the store holds.
+    skipped with its reason. The index covers every series the store holds. One build of a store
+    at a time (a lock file in it): a second pipeline run on the same store waits, then finds the
+    series done.
     """
+    from filelock import FileLock, Timeout
+
+    Path(root).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(Path(root) / ".build.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("another process is building the volume store %s: waiting for it", root)
+        lock.acquire()
+    try:
+        return _build_volume_store(data_dir, split, series, root, size, workers, progress)
+    finally:
+        lock.release()
+
+
+def _build_volume_store(data_dir, split, series, root, size, workers, progress) -> StoreReport:
     files = StoreFiles(root)
     if files.manifest.is_file():
         manifest = json.loads(files.manifest.read_text())
@@ -344,6 +362,10 @@ def build_volume_store(
 # --- points on stored slices ------------------------------------------------------------------------
 
 
+UNPLACED_NOT_STORED = "image not in the volume store (unreadable file or skipped series)"
+UNPLACED_OUTSIDE = "point outside its image"
+
+
 def locate_points(points: pd.DataFrame, index: pd.DataFrame, size: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Put points (study_id, series_id, instance_number, x, y in that frame's pixels) on stored slices.
 
@@ -351,7 +373,9 @@ def locate_points(points: pd.DataFrame, index: pd.DataFrame, size: int) -> tuple
     and x_store, y_store: the point in the store's size x size pixels, scaled by the point's own
     frame size.
     Returns (located, unplaced): points whose slice is not in the store (an unreadable file, a
-    skipped series) are returned apart, for the caller to count and report.
+    skipped series) or that lie outside their image (a negative coordinate, or one beyond the
+    frame's columns or rows) are returned apart with their `reason`, for the caller to count and
+    report; nothing is clamped.
     """
     columns = [
         *SLICE_KEY,
@@ -366,9 +390,26 @@ def locate_points(points: pd.DataFrame, index: pd.DataFrame, size: int) -> tuple
     merged = points.drop(columns=[c for c in columns if c not in SLICE_KEY and c in points.columns]).merge(
         index[columns], on=SLICE_KEY, how="left", validate="many_to_one"
     )
-    placed = merged["slice_index"].notna().to_numpy()
+    stored = merged["slice_index"].notna().to_numpy()
+    x, y = merged["x"].to_numpy(np.float64), merged["y"].to_numpy(np.float64)
+    with np.errstate(invalid="ignore"):
+        inside = (x >= 0) & (y >= 0) & (x <= merged["columns"].to_numpy()) & (y <= merged["rows"].to_numpy())
+    placed = stored & inside
     located = merged[placed].astype({"slice_index": "int64", "n_slices": "int64", "rows": "int64", "columns": "int64"})
     located = located.assign(
         x_store=located["x"] * size / located["columns"], y_store=located["y"] * size / located["rows"]
     ).reset_index(drop=True)
-    return located, points[~placed].reset_index(drop=True)
+    reasons = np.where(stored, UNPLACED_OUTSIDE, UNPLACED_NOT_STORED)[~placed]
+    return located, points[~placed].assign(reason=reasons).reset_index(drop=True)
+
+
+def describe_unplaced(unplaced: pd.DataFrame) -> list[str]:
+    """One line per reason: how many points, and the first one's study, series, instance and x, y."""
+    lines = []
+    for reason, part in unplaced.groupby("reason", sort=True):
+        first = part.iloc[0]
+        lines.append(
+            f"{len(part)} point(s): {reason}, e.g. study {first.study_id} series {first.series_id} "
+            f"instance {first.instance_number} at x={first.x:g}, y={first.y:g}"
+        )
+    return lines

@@ -15,6 +15,8 @@ from prefect.context import TaskRunContext
 from spine_model.catalog import DatasetCache, StoreFiles, file_fingerprint
 from spine_model.config import TrainConfig
 from spine_model.constants import COORDINATES_CSV, TRAIN_CSV, series_descriptions_csv
+from spine_model.ingest import DataError
+from spine_model.preflight import preflight
 from spine_model.steps import (
     IngestOutputs,
     PreparedRun,
@@ -23,13 +25,32 @@ from spine_model.steps import (
     series_to_store,
     store_step,
 )
+from spine_model.validate import validate_data
 from spine_model.volumes import StoreReport, sources_fingerprint
+from tasks.retry import unless_bad_data
 
 CACHE_FOR = timedelta(days=30)
 
 
 def _key(name: str, *parts: object) -> str:
     return f"{name}-" + hashlib.sha256("\n".join(map(str, parts)).encode()).hexdigest()
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_task(data_dir: str, workdir: str, tracking_uri: str, split: str = "train") -> None:
+    """Data folder, output folder and tracking server checked before any image is read."""
+    preflight(data_dir, workdir, tracking_uri, split)
+
+
+@task(name="validate-data", cache_policy=NO_CACHE)
+def validate_task(data_dir: str, workers: int | None = None) -> dict[str, int]:
+    """`spine validate`'s checks; its counts (for MLflow), or a DataError when the data is unusable."""
+    report = validate_data(data_dir, "train", workers, progress=sys.stderr.isatty())
+    get_run_logger().info(report.describe())
+    if not report.usable:
+        first = next(f for f in report.findings if f.severity == "error")
+        raise DataError(f"{data_dir} is not usable: {first.examples[0]} (`spine validate {data_dir}` lists all)")
+    return report.counts()
 
 
 def ingest_cache_key(context: TaskRunContext, parameters: dict) -> str:
@@ -48,6 +69,7 @@ def ingest_cache_key(context: TaskRunContext, parameters: dict) -> str:
     persist_result=True,
     retries=2,
     retry_delay_seconds=5,
+    retry_condition_fn=unless_bad_data,
 )
 def ingest_task(data_dir: str, out_dir: str) -> IngestOutputs:
     """Kaggle CSVs -> long table and per-study labels (parquet) in the data's cache folder."""
@@ -84,6 +106,7 @@ def store_cache_key(context: TaskRunContext, parameters: dict) -> str:
     persist_result=True,
     retries=2,
     retry_delay_seconds=5,
+    retry_condition_fn=unless_bad_data,
 )
 def store_task(
     data_dir: str, split: str, store_root: str, size: int, workers: int | None = None, table: pd.DataFrame | None = None

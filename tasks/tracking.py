@@ -23,6 +23,11 @@ def log_params_task(run_id: str, params: dict[str, Any], tracking_uri: str) -> N
     tracking.log_params(run_id, params, tracking_uri)
 
 
+@task(name="log-metrics", **RETRIES)
+def log_metrics_task(run_id: str, metrics: dict[str, float], tracking_uri: str) -> None:
+    tracking.log_metrics(run_id, metrics, tracking_uri=tracking_uri)
+
+
 @task(name="set-tags", **RETRIES)
 def set_tags_task(run_id: str, tags: dict[str, Any], tracking_uri: str) -> None:
     tracking.set_tags(run_id, tags, tracking_uri)

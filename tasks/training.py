@@ -8,10 +8,12 @@ import sys
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
 from spine_model import tracking
 from spine_model.steps import RunInputs, evaluate_localiser_step, evaluate_step, train_step
-from spine_model.train import EpochStats
+from spine_model.train import EpochStats, saved_epoch
+from tasks.retry import unless_bad_data
 
 
 @task(name="load-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
@@ -20,24 +22,48 @@ def load_run_task(run_dir: str) -> RunInputs:
     return RunInputs.load(run_dir)
 
 
-@task(name="train", cache_policy=NO_CACHE)
-def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str) -> dict[str, float]:
-    """Fit the run's model; every epoch goes to MLflow (step = epoch) and the progress bar."""
+@task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=unless_bad_data)
+def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str, resume: bool = False) -> dict[str, float]:
+    """Fit the run's model; every epoch goes to MLflow (step = epoch) and the progress bar.
+
+    A retry of this task (or `resume`) goes on from the last epoch the run folder saved, in the
+    same MLflow run, and says so (log line and the run's `resumed_from_epoch` tag).
+    """
     logger = get_run_logger()
     config = run.record.config
     epochs = config.epochs
+    resume = resume or (task_run.run_count or 1) > 1
+    done = saved_epoch(run.folder.checkpoints) if resume else 0
+    if resume:
+        logger.info("resuming %s from epoch %d of %d (MLflow run %s)", run.folder.root, done, epochs, mlflow_run_id)
+        tracking.set_tags(mlflow_run_id, {"resumed_from_epoch": done}, tracking_uri)
     key = "spine-localiser-progress" if config.model_family == "localiser" else "spine-training-progress"
-    progress_id = create_progress_artifact(0.0, key=key, description=f"training {config.model_family}: {epochs} epochs")
+    progress_id = create_progress_artifact(
+        100.0 * done / epochs, key=key, description=f"training {config.model_family}: {epochs} epochs"
+    )
+
+    # Metrics go through a file in the run folder: an unreachable tracking server delays them, never
+    # loses them nor stops training (see MetricBuffer); they are sent as soon as it answers again.
+    buffer = tracking.MetricBuffer(mlflow_run_id, tracking_uri, run.folder.pending_metrics)
 
     def on_epoch_end(stats: EpochStats) -> None:
         metrics = {k: getattr(stats, k) for k in ("train_loss", "val_loss", "train_accuracy", "val_accuracy", "lr")}
-        tracking.log_metrics(mlflow_run_id, {**metrics, "epoch_seconds": stats.seconds}, stats.epoch, tracking_uri)
+        buffer.log({**metrics, "epoch_seconds": stats.seconds}, stats.epoch)
         update_progress_artifact(progress_id, 100.0 * stats.epoch / epochs)
         logger.info("epoch %d/%d: %s", stats.epoch, epochs, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
     # Batch progress bars when a person watches a terminal; worker logs get the per-epoch lines.
-    result = train_step(run, on_epoch_end, progress=sys.stderr.isatty())
+    result = train_step(run, on_epoch_end, progress=sys.stderr.isatty(), resume=resume)
+    flush_metrics_task(buffer)
     return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}
+
+
+@task(name="send-pending-metrics", cache_policy=NO_CACHE, retries=10, retry_delay_seconds=30)
+def flush_metrics_task(buffer: tracking.MetricBuffer) -> None:
+    """Every epoch metric MLflow has not taken yet, retried for about five minutes; then the task
+    fails, and the metrics stay in the run folder for `spine train --resume`."""
+    if not buffer.flush():
+        raise RuntimeError(f"MLflow still does not answer: {len(buffer.pending())} metric(s) kept in {buffer.path}")
 
 
 @task(name="evaluate-localiser", cache_policy=NO_CACHE)

@@ -37,6 +37,7 @@ def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineC
         history = client.get_metric_history(run_id, key)
         assert [m.step for m in history] == list(range(1, config.epochs + 1)), key
     metrics = run.data.metrics
+    assert metrics["validate_errors"] == 0 and metrics["validate_checked_dicom_files"] > 0  # checked first
     for key in (
         "val_competition_score",
         "val_prior_score",
@@ -75,3 +76,12 @@ def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineC
         expected = trained.eval()(*inputs)
         torch.testing.assert_close(logged(*inputs), expected)
     assert np.isfinite(expected.numpy()).all()
+
+
+def cli_options(settings: dict) -> list[str]:
+    """`spine train` options for pipeline settings: --key value, or --key / --no-key for flags."""
+    flags = []
+    for key, value in settings.items():
+        flag = "--" + key.replace("_", "-")
+        flags += [flag if value else f"--no-{flag[2:]}"] if isinstance(value, bool) else [flag, str(value)]
+    return flags

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,11 @@ def start_run(
 
 def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
     client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def reopen_run(run_id: str, tracking_uri: str | None = None) -> None:
+    """Mark an ended (e.g. FAILED) run RUNNING again, so that a resumed training logs into it."""
+    client(tracking_uri).update_run(run_id, status="RUNNING")
 
 
 def set_tags(run_id: str, tags: Mapping[str, Any], tracking_uri: str | None = None) -> None:
@@ -192,3 +197,95 @@ def run_link(run_id: str, tracking_uri: str | None = None) -> str:
         experiment_id = client(uri).get_run(run_id).info.experiment_id
         return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
     return f"run `mlflow ui --backend-store-uri {uri}` and open run {run_id}"
+
+
+# One quick attempt while training waits (a few seconds, not MLflow's default of minutes of backoff).
+QUICK_REQUESTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+}
+
+
+@contextmanager
+def quick_requests() -> Iterator[None]:
+    """MLflow HTTP calls inside fail fast (MLflow reads these settings at every request)."""
+    saved = {key: os.environ.get(key) for key in QUICK_REQUESTS}
+    os.environ.update(QUICK_REQUESTS)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class MetricBuffer:
+    """Per-epoch metrics that outlive a tracking server outage.
+
+    Each epoch's metrics are appended to a local JSON-lines file (in the run folder) first, then
+    everything pending is sent in one quick attempt; what cannot be sent stays in the file for the
+    next epoch, for `flush` at the end of training, and for a resumed run. Training never waits
+    more than a few seconds on MLflow, and no metric is lost while the file is kept.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str | None, path: str | Path) -> None:
+        self.run_id, self.tracking_uri, self.path = run_id, tracking_uri, Path(path)
+
+    def pending(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def log(self, metrics: Mapping[str, float], step: int) -> bool:
+        """Keep one step's metrics, then try to send all pending ones; True when none is left."""
+        import time
+
+        stamp = int(time.time() * 1000)
+        rows = [
+            {"key": k, "value": float(v), "timestamp": stamp, "step": int(step)}
+            for k, v in metrics.items()
+            if v is not None and np.isfinite(v)
+        ]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as handle:
+            handle.writelines(json.dumps(row) + "\n" for row in rows)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return self.flush(quick=True)
+
+    def flush(self, quick: bool = False) -> bool:
+        """Send every pending metric; True when all went (the file is then emptied)."""
+        import logging
+
+        from mlflow.entities import Metric
+
+        rows = self.pending()
+        if not rows:
+            return True
+        metrics = [Metric(row["key"], row["value"], row["timestamp"], row["step"]) for row in rows]
+        sent = 0
+        try:
+            with quick_requests() if quick else nullcontext():
+                mlflow_client = client(self.tracking_uri)
+                for start in range(0, len(metrics), _MAX_BATCH):
+                    mlflow_client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH])
+                    sent = min(start + _MAX_BATCH, len(metrics))
+        except Exception as error:  # any failure of the server or the network: keep them for later
+            self._keep(rows[sent:])
+            logging.getLogger(__name__).warning(
+                "MLflow at %s did not take %d metric(s) (%s: %s); kept in %s, sent later",
+                resolve_tracking_uri(self.tracking_uri), len(rows) - sent, type(error).__name__, str(error)[:200],
+                self.path,
+            )  # fmt: skip
+            return False
+        self._keep([])
+        return True
+
+    def _keep(self, rows: list[dict]) -> None:
+        from spine_model.catalog import atomic_write
+
+        payload = "".join(json.dumps(row) + "\n" for row in rows).encode()
+        atomic_write(self.path, lambda handle: handle.write(payload))

@@ -68,14 +68,15 @@ def log_pyfunc_model(
     """Log the serving model into the active MLflow run (the caller opens it); returns its URI.
 
     The library's code travels with the model (code_paths), so a serving host needs only the
-    pinned requirements, not this repository. With `localiser` (a localiser checkpoint), studies
+    pinned requirements, not this repository; the model itself is that code (MLflow models-from-
+    code, `serving.py`), not a pickled object. With `localiser` (a localiser checkpoint), studies
     without given points get the localiser's points, the coordinate prior's where it finds none.
     The model's metadata records the volume store size it reads (see `serving_store_size`).
     """
     requirements = pinned_requirements()
     info = mlflow.pyfunc.log_model(
         name=name,
-        python_model=SpineModel(),
+        python_model=str(Path(__file__).with_name("serving.py")),  # models-from-code: no cloudpickle
         artifacts={
             "weights": str(checkpoint),
             "priors": str(priors),

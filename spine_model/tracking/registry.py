@@ -7,11 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from spine_model.catalog import checkpoint_files
-from spine_model.compare import METRICS, SETTINGS, VAL_FINGERPRINT, Decision, decide, servable
+from spine_model.compare import METRICS, SETTINGS, VAL_FINGERPRINT, Decision, candidate, decide, servable
 from spine_model.tracking import client, resolve_tracking_uri
-
-LOCALISER_WEIGHTS = checkpoint_files(".")[0].name  # a run's logged weights/<best checkpoint>
 
 MODEL_NAME = "spine-net"
 LOCALISER_NAME = "spine-localiser"
@@ -70,27 +67,29 @@ def alias_run_id(alias: str, name: str = MODEL_NAME, tracking_uri: str | None = 
 
 
 def update_aliases(ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None) -> Decision | None:
-    """Register the best and the newest servable run; `challenger` -> newest, `champion` -> best if it wins.
+    """Register the candidate and the newest servable run; `challenger` -> newest, `champion` ->
+    the candidate if it wins.
 
-    The champion only moves when the best run beats it on the same validation studies; the
-    decision and both scores are written as tags on the candidate's model version. None when no
-    ranked run has a serving model.
+    The candidate is the best run validated on the champion's own studies (the best overall when
+    none is, or there is no champion), so that a run which beats the champion where the scores
+    compare is promoted even when a run on other studies ranks above it. The decision and both
+    scores are written as tags on the candidate's model version. None when no ranked run has a
+    serving model.
     """
     ranked = servable(ranked)
     if ranked.empty:
         return None
     mlflow_client = client(tracking_uri)
-    best = ranked.iloc[0]
-    newest = ranked.sort_values("start_time").iloc[-1]
-    best_version = register_version(best["run_id"], best["serving_model_uri"], name, tracking_uri)
-    newest_version = register_version(newest["run_id"], newest["serving_model_uri"], name, tracking_uri)
-    mlflow_client.set_registered_model_alias(name, CHALLENGER, newest_version)
-
     champion_id = alias_run_id(CHAMPION, name, tracking_uri)
     champion = None
     if champion_id is not None:
         match = ranked[ranked["run_id"] == champion_id]
         champion = match.iloc[0] if not match.empty else pd.Series(_record(mlflow_client.get_run(champion_id)))
+    best = candidate(ranked, champion)
+    newest = ranked.sort_values("start_time").iloc[-1]
+    best_version = register_version(best["run_id"], best["serving_model_uri"], name, tracking_uri)
+    newest_version = register_version(newest["run_id"], newest["serving_model_uri"], name, tracking_uri)
+    mlflow_client.set_registered_model_alias(name, CHALLENGER, newest_version)
     decision = decide(best, champion)
     if decision.promote:
         mlflow_client.set_registered_model_alias(name, CHAMPION, best_version)
@@ -160,5 +159,9 @@ def download_localiser(uri: str, dest: str | Path, tracking_uri: str | None = No
             f"(localiser='train'), or train without (localiser='off') ({error})"
         ) from None
     Path(dest).mkdir(parents=True, exist_ok=True)
-    path = mlflow_client.download_artifacts(version.run_id, f"weights/{LOCALISER_WEIGHTS}", str(dest))
+    artifacts = mlflow_client.list_artifacts(version.run_id, "weights")
+    logged = [item.path for item in artifacts if item.path.endswith(".pt")]
+    if not logged:
+        raise ValueError(f"localiser {uri} (run {version.run_id}) logged no weights/*.pt checkpoint")
+    path = mlflow_client.download_artifacts(version.run_id, logged[0], str(dest))
     return Path(path), version.run_id, f"models:/{name}/{version.version}"

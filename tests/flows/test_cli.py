@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.config import PipelineConfig
+from spine_model.catalog import Workspace
 
 runner = CliRunner()
 
@@ -36,10 +37,32 @@ def test_synth_then_ingest(tmp_path):
     assert result.exit_code == 0, result.output
     assert "wrote 3 train + 1 test studies" in result.output
     out = tmp_path / "long.parquet"
-    result = runner.invoke(app, ["ingest", str(data), "--out", str(out)])
+    result = runner.invoke(app, ["ingest", str(data), "--out", str(out), "--workdir", str(tmp_path / "work")])
     assert result.exit_code == 0, result.output
     assert "nothing skipped" in result.output
     assert len(pd.read_parquet(out)) == len(pd.read_csv(data / "train_label_coordinates.csv"))
+    # The pipeline's own ingest step: its long table and labels in the dataset's cache folder.
+    cache = Workspace(tmp_path / "work").dataset(data)
+    assert pd.read_parquet(cache.long_table).equals(pd.read_parquet(out))
+    assert len(pd.read_parquet(cache.labels)) == 3
+
+
+def test_preprocess_counts_the_rows_training_will_drop(tiny_copy, tmp_path):
+    coordinates = pd.read_csv(tiny_copy / "train_label_coordinates.csv")
+    first = coordinates.iloc[0]
+    image = tiny_copy / "train_images" / str(first.study_id) / str(first.series_id) / f"{first.instance_number}.dcm"
+    image.write_bytes(image.read_bytes()[:300])  # truncated: unreadable
+    on_it = int(
+        (
+            (coordinates["series_id"] == first.series_id) & (coordinates["instance_number"] == first.instance_number)
+        ).sum()
+    )
+    args = ["preprocess", str(tiny_copy), "--store-size", "32", "--workers", "1", "--workdir", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"{len(coordinates) - on_it} of {len(coordinates)} coordinate rows placed" in result.output
+    assert f"dropped in training: {on_it} point(s): image not in the volume store" in result.output
+    assert Workspace(tmp_path).dataset(tiny_copy).labels.is_file()  # ingested as the flow does
 
 
 def test_bad_data_is_a_one_line_error_not_a_traceback(tiny_copy):
@@ -72,3 +95,11 @@ def test_train_rejects_settings_its_family_cannot_use(tiny_data, tmp_path):
     assert "needs a ResNet backbone" in result.output and "Traceback" not in result.output
     result = runner.invoke(app, ["train", str(tiny_data), "--model-family", "nope"])
     assert result.exit_code != 0 and "nope" in result.output
+
+
+def test_a_tracking_uri_with_credentials_is_refused(tiny_data):
+    result = runner.invoke(app, ["train", str(tiny_data), "--tracking-uri", "http://me:secret@127.0.0.1:5000"])
+    assert result.exit_code == 1
+    assert "must not hold credentials" in result.output and "secret" not in result.output.replace(
+        "MLFLOW_TRACKING_PASSWORD", ""
+    )

@@ -64,6 +64,9 @@ def test_checkpoint_and_serving_model_reproduce_the_validation_predictions(local
     serving = mlflow.pyfunc.load_model(
         mlflow.MlflowClient().get_run(result["mlflow_run_id"]).data.tags["serving_model_uri"]
     )
+    # Models-from-code: the serving model is our code file, nothing unpickled when it loads.
+    assert serving.metadata.flavors["python_function"]["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert "python_model.pkl" not in str(serving.metadata.flavors["python_function"])
     from_pyfunc = serving.predict(frame)
     from_checkpoint = Predictor.load(folder.best_checkpoint, folder.priors, device="cpu").predict(frame, run.store)
     for predicted in (from_pyfunc, from_checkpoint):
@@ -225,3 +228,19 @@ def test_cli_evaluate_reproduces_the_runs_score(local_run):
     assert output.exit_code == 0, output.output
     assert f"competition score {result['val_competition_score']:.4f}" in output.output
     assert "prior baseline" in output.output
+
+
+def test_a_tracking_server_that_does_not_answer_fails_the_run_before_any_image_is_read(
+    prefect_harness, tiny_data, tmp_path
+):
+    from flows.stack import free_port
+    from spine_model.preflight import SetupError
+
+    config = PipelineConfig(
+        data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=f"http://127.0.0.1:{free_port()}",
+        **TINY_TRAIN,
+    )  # fmt: skip
+    with pytest.raises(SetupError, match="does not answer"):
+        train_pipeline(config)
+    assert not list((tmp_path / "out").rglob("index.parquet"))  # no volume store: no image was decoded
+    assert not (tmp_path / "out" / "runs").exists()

@@ -1,6 +1,6 @@
 import pandas as pd
 
-from spine_model.compare import comparison_table, decide, markdown_table, rank_runs, servable
+from spine_model.compare import candidate, comparison_table, decide, markdown_table, rank_runs, servable
 
 
 def _runs(*rows):
@@ -60,3 +60,23 @@ def test_decide_promotes_only_on_a_win_over_the_same_validation_studies():
     assert not decide(runs.loc["new"], runs.loc["new"]).promote
     other = decide(runs.loc["other"], runs.loc["old"])
     assert not other.promote and "not comparable" in other.reason
+
+
+def test_the_candidate_is_the_best_run_on_the_champions_own_studies():
+    runs = _runs(
+        {"run_id": "elsewhere", "val_competition_score": 0.3, "start_time": 3, "data_val_studies_sha": "zzz"},
+        {"run_id": "better", "val_competition_score": 0.6, "start_time": 2},
+        {"run_id": "champion", "val_competition_score": 0.8, "start_time": 1},
+    )
+    ranked = servable(rank_runs(runs))
+    champion = ranked.set_index("run_id", drop=False).loc["champion"]
+    # The top-ranked run used other validation studies: the one that beats the champion where the
+    # scores compare is weighed instead, and wins.
+    chosen = candidate(ranked, champion)
+    assert chosen["run_id"] == "better" and decide(chosen, champion).promote
+    assert candidate(ranked, None)["run_id"] == "elsewhere"  # no champion: the best overall
+    without = ranked[ranked["run_id"] != "better"]  # only the champion compares: it stays
+    assert candidate(without, champion)["run_id"] == "champion"
+    assert not decide(candidate(without, champion), champion).promote
+    foreign = candidate(ranked[ranked["run_id"] == "elsewhere"], champion)
+    assert "not comparable" in decide(foreign, champion).reason

@@ -2,6 +2,7 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+import pydicom.encaps
 import pytest
 from pydicom.data import get_testdata_file
 
@@ -66,3 +67,67 @@ def test_slice_position_follows_the_slice_normal(tmp_path):
         ds.save_as(path)
         positions.append(slice_position(path))
     assert np.argsort(positions).tolist() == np.argsort([-10.0, 5.0, 0.0]).tolist()
+
+
+MR_VARIANTS = [
+    "MR_small.dcm", "MR_small_RLE.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm", "MR_small_implicit.dcm",
+    "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm", "MR_small_padded.dcm",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", MR_VARIANTS)
+def test_every_transfer_syntax_of_pydicoms_mr_files_decodes_to_the_same_pixels(name):
+    reference = read_frame(get_testdata_file("MR_small.dcm")).pixels
+    frame = read_frame(get_testdata_file(name))
+    assert frame.pixels.shape == (64, 64)
+    np.testing.assert_array_equal(frame.pixels, reference)  # lossless, whatever the encoding
+
+
+def test_mr_files_cover_the_compressed_syntaxes():
+    syntaxes = {pydicom.dcmread(get_testdata_file(name)).file_meta.TransferSyntaxUID.name for name in MR_VARIANTS}
+    assert {"RLE Lossless", "JPEG-LS Lossless Image Compression", "JPEG 2000 Image Compression (Lossless Only)"} <= (
+        syntaxes
+    )
+
+
+def _saved(ds: pydicom.Dataset, path: Path) -> Path:
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        (lambda ds: setattr(ds, "Rows", 20), r"does not match the header \(Rows x Columns 20 x 64 at 16 bits"),
+        (lambda ds: setattr(ds, "PixelData", ds.PixelData[:1000]), "pixel data truncated: 1000 bytes"),
+        (lambda ds: setattr(ds, "NumberOfFrames", 2), "holds 2 frames"),
+        (lambda ds: delattr(ds, "Columns"), "lacks Columns"),
+        (lambda ds: delattr(ds, "ImagePositionPatient"), "lacks ImagePositionPatient"),
+    ],
+    ids=["rows-smaller-than-data", "short-pixel-data", "multi-frame", "no-columns", "no-position"],
+)
+def test_bad_headers_get_their_own_reason(tmp_path, change, reason):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    change(ds)
+    path = _saved(ds, tmp_path / "bad.dcm")
+    with pytest.raises(DicomReadError, match=reason) as error:
+        read_frame(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("keep", [200, 1000, 8000])
+def test_a_file_cut_short_is_called_truncated(tmp_path, keep):
+    path = tmp_path / "cut.dcm"
+    path.write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes()[:keep])
+    with pytest.raises(DicomReadError, match="truncated|not a readable DICOM"):
+        read_frame(path)
+
+
+def test_a_transfer_syntax_without_any_decoder_is_named(tmp_path):
+    ds = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML  # video: no pixel decoder exists for it
+    ds.PixelData = pydicom.encaps.encapsulate([ds.PixelData])
+    path = tmp_path / "video.dcm"
+    ds.save_as(path)
+    with pytest.raises(DicomReadError, match=r"video.dcm: transfer syntax .* \(MPEG2 .*\) has no pixel decoder"):
+        read_frame(path)

@@ -168,8 +168,9 @@ def test_seed_dataset_scales_coordinates_by_the_frame_and_prepare_resizes_the_sl
     assert slices.shape == (32, 32) and slices.dtype == torch.uint8  # as stored: the loader only copies
     np.testing.assert_allclose(coords.numpy(), [96 / 384, 384 / 512])
     assert targets.shape == (25,) and targets.dtype == torch.int64 and targets[0] == -1 and targets[1] == 2
-    outside = SeedDataset(_points(store, x=500.0), store)[0][0][1]
-    assert outside[0] == 1.0  # clipped into the frame
+    on_the_edge = SeedDataset(_points(store, x=384.0), store)[0][0][1]
+    assert on_the_edge[0] == 1.0
+    assert _points(store, x=500.0).empty  # beyond the frame: set apart by locate_points, never clamped
     config = TrainConfig(model_family="seed", image_size=48, store_size=32)
     image, same_coords = get_family("seed").prepare([slices[None], coords[None]], config, train=False)
     assert image.shape == (1, 1, 48, 48) and image.dtype == torch.float32

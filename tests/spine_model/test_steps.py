@@ -1,9 +1,20 @@
+import dataclasses
 import logging
+
+import pytest
 
 from spine_model.catalog import Workspace
 from spine_model.config import TrainConfig
 from spine_model.ingest import dicom_path
-from spine_model.steps import RunInputs, ingest_step, prepare_run, series_to_store, store_step
+from spine_model.steps import (
+    RunInputs,
+    evaluate_step,
+    ingest_step,
+    prepare_run,
+    series_to_store,
+    store_step,
+    train_step,
+)
 
 
 def test_points_on_unreadable_images_are_dropped_counted_and_logged(tiny_copy, tmp_path, caplog):
@@ -22,7 +33,29 @@ def test_points_on_unreadable_images_are_dropped_counted_and_logged(tiny_copy, t
         prepared = prepare_run(tiny_copy, ingested, table, labels, store, config, workspace.run("r").root)
     assert prepared.facts["data_points_dropped_unreadable"] == int(on_broken.sum()) > 0
     assert prepared.facts["data_images_unreadable"] == 1
-    assert any("could not be read" in message for message in caplog.messages)
+    assert any("image not in the volume store" in message for message in caplog.messages)
     points = RunInputs.load(workspace.run("r").root).points
     assert len(points) == len(table) - int(on_broken.sum())
     assert not ((points["series_id"] == broken.series_id) & (points["instance_number"] == broken.instance_number)).any()
+
+
+def test_restore_best_chooses_the_checkpoint_that_is_evaluated_and_served(tiny_data, tmp_path):
+    workspace = Workspace(tmp_path)
+    ingested = ingest_step(tiny_data, workspace.dataset(tiny_data))
+    table, labels = ingested.read()
+    store = store_step(tiny_data, "train", series_to_store(tiny_data, "train", table), tmp_path / "s", 32, 1, False)
+    config = TrainConfig(
+        model_family="crops", store_size=32, crop_size=16, epochs=1, batch_size=16, num_workers=0, pretrained=False,
+        val_fraction=0.25,
+    )  # fmt: skip
+    prepared = prepare_run(tiny_data, ingested, table, labels, store, config, workspace.run("r").root)
+    run = prepared.inputs()
+    train_step(run, progress=False)
+    run.folder.best_checkpoint.write_bytes(b"not a checkpoint")  # whoever reads best.pt now fails
+    with pytest.raises(Exception, match="pickle|checkpoint|load"):
+        evaluate_step(run, progress=False)
+    last = dataclasses.replace(run, record=dataclasses.replace(run.record, config=config.model_copy(
+        update={"restore_best": False})))  # fmt: skip
+    assert last.weights == run.folder.last_checkpoint
+    evaluation, _ = evaluate_step(last, progress=False)
+    assert evaluation.score > 0

@@ -145,7 +145,7 @@ def test_rebuild_redoes_only_changed_series_and_counts_unreadable_files(tiny_cop
     assert list(report.skipped_series) == [skipped_key] and "none of its" in report.skipped_series[skipped_key]
     n_files = len(list(broken_all.glob("*.dcm")))
     assert len(report.unreadable_files) == n_files + 1
-    assert "PixelData" in report.unreadable_files[str(truncated)]
+    assert "no pixel data: the file ends early (truncated" in report.unreadable_files[str(truncated)]
     assert "1 skipped" in report.describe() and f"{n_files + 1} unreadable" in report.describe()
     assert any(skipped_key in message for message in caplog.messages)
 
