@@ -18,7 +18,7 @@ DEMO_TRAIN ?= --model-family crops --crop-pooling channels --store-size 96 --cro
 	--lr 0.001 --batch-size 32 --augment --no-pretrained --num-workers 2 --val-fraction 0.2 \
 	--localiser-image-size 64 --localiser-epochs 4
 
-.PHONY: demo test test-fast lint bench bench-quality stack clean-outputs
+.PHONY: demo test test-fast lint bench bench-quality stack stack-pg postgres clean-outputs
 
 # The virtual environment, (re)made when missing or when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -32,8 +32,17 @@ demo: $(VENV)/.installed
 	$(BIN)/spine train $(DEMO_DATA) $(DEMO_TRAIN)
 	$(BIN)/spine predict $(DEMO_DATA) --out spine_outputs/submission.csv
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed postgres
 	$(BIN)/python -m pytest
+
+# PostgreSQL's server binaries (Debian's package), for the Postgres-backed stack and its test: installed
+# when missing and this is root with apt-get (as on CI); otherwise a note, and that test skips.
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's postgresql package ..." && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null; \
+	else echo "note: PostgreSQL is not installed (sudo apt-get install postgresql); its test will skip"; fi
 
 # Everything but the real-server integration tests.
 test-fast: $(VENV)/.installed
@@ -52,6 +61,10 @@ bench-quality: $(VENV)/.installed
 # Prefect server, MLflow server, cpu/gpu process workers and the deployments; Ctrl-C stops all.
 stack: $(VENV)/.installed
 	$(BIN)/spine stack
+
+# The same on PostgreSQL: a server of the stack's own in .stack/postgres backs Prefect and MLflow.
+stack-pg: $(VENV)/.installed postgres
+	$(BIN)/spine stack --postgres
 
 clean-outputs:
 	rm -rf spine_outputs mlflow.db .stack

@@ -319,6 +319,14 @@ def stack(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port on 127.0.0.1")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port on 127.0.0.1")] = 5000,
     workers: Annotated[bool, typer.Option("--workers/--no-workers", help="start cpu and gpu process workers")] = True,
+    postgres: Annotated[
+        bool,
+        typer.Option(
+            "--postgres/--sqlite",
+            help="backend store of both servers: a PostgreSQL server of the stack's own in STATE_DIR/postgres "
+            "(Debian's postgresql package; `make stack-pg`), or sqlite files in STATE_DIR",
+        ),
+    ] = False,
 ) -> None:
     """Run a local stack: Prefect + MLflow servers, `cpu`/`gpu` process workers, prefect.yaml deployments.
 
@@ -329,7 +337,22 @@ def stack(
 
     from flows.stack import LocalStack
 
-    local = LocalStack(state_dir, prefect_port=prefect_port, mlflow_port=mlflow_port)
+    database = None
+    if postgres:
+        from flows.postgres import LocalPostgres, PostgresUnavailable
+
+        try:
+            console.print(f"starting PostgreSQL in {state_dir / 'postgres'} ...")
+            database = LocalPostgres(state_dir / "postgres").start()
+        except PostgresUnavailable as error:
+            raise _fail(str(error)) from None
+    backends = {}
+    if database is not None:
+        backends = {
+            "prefect_database_url": database.url("prefect", "asyncpg"),
+            "mlflow_backend_uri": database.url("mlflow", "psycopg2"),
+        }
+    local = LocalStack(state_dir, prefect_port=prefect_port, mlflow_port=mlflow_port, **backends)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the `finally` below
     try:
         console.print("starting Prefect and MLflow servers ...")
@@ -353,6 +376,8 @@ def stack(
     finally:
         console.print("stopping the stack ...")
         local.stop()
+        if database is not None:
+            database.stop()
 
 
 def main() -> None:  # pragma: no cover

@@ -88,6 +88,7 @@ class PipelineConfig(TrainConfig):
         own = {
             "model_family": "localiser", "backbone": self.localiser_backbone, "image_size": self.localiser_image_size,
             "epochs": self.localiser_epochs, "lr": self.localiser_lr, "batch_size": self.localiser_batch_size,
+            "gpus": 1,  # small batches of whole series: one GPU, beside the classifier's
         }  # fmt: skip
         return TrainConfig(**{**shared, **own})
 

@@ -20,6 +20,8 @@ from pathlib import Path
 from spine_model.settings import OFFLINE_DEFAULTS
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+# The deployments of prefect.yaml for process work pools (the others are for Docker and Kubernetes pools).
+PROCESS_DEPLOYMENTS = ("spine-pipeline", "spine-train-gpu", "spine-localiser-gpu", "compare-models", "predict")
 HOST = "127.0.0.1"  # loopback only: nothing here is meant to face a network
 
 
@@ -59,8 +61,14 @@ class LocalStack:
         prefect_port: int = 4200,
         mlflow_port: int = 5000,
         worker_poll_s: float = 5.0,
+        prefect_database_url: str | None = None,
+        mlflow_backend_uri: str | None = None,
     ) -> None:
+        """Backend stores: sqlite files in `state_dir` by default, or the given database URLs
+        (PostgreSQL: see flows.postgres), handed to the servers in their environment only."""
         self.state_dir = Path(state_dir).resolve()
+        self.prefect_database_url = prefect_database_url
+        self.mlflow_backend_uri = mlflow_backend_uri or f"sqlite:///{self.state_dir / 'mlflow.db'}"
         self.project_dir = Path(project_dir).resolve()
         self.prefect_port, self.mlflow_port = prefect_port, mlflow_port
         self.worker_poll_s = worker_poll_s
@@ -95,13 +103,13 @@ class LocalStack:
             "PATH": os.pathsep.join([str(self.bin_dir), os.environ.get("PATH", "")]),
         }
 
-    def _start(self, name: str, args: Sequence[str]) -> tuple[subprocess.Popen, Path]:
+    def _start(self, name: str, args: Sequence[str], env: dict | None = None) -> tuple[subprocess.Popen, Path]:
         log = self.state_dir / "logs" / f"{name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("ab") as handle:
             # A session of its own, so that stopping also stops what it spawned (flow runs).
             process = subprocess.Popen(
-                [str(self.bin_dir / args[0]), *args[1:]], cwd=self.project_dir, env=self.env(),
+                [str(self.bin_dir / args[0]), *args[1:]], cwd=self.project_dir, env={**self.env(), **(env or {})},
                 stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
             )  # fmt: skip
         self.processes.append((name, process))
@@ -116,18 +124,20 @@ class LocalStack:
             raise RuntimeError(f"`{' '.join(args)}` failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
     def _spawn_prefect_server(self) -> tuple[subprocess.Popen, Path]:
+        url = self.prefect_database_url
+        database = {"PREFECT_API_DATABASE_CONNECTION_URL": url} if url else {}
         return self._start(
-            "prefect-server", ["prefect", "server", "start", "--host", HOST, "--port", str(self.prefect_port)]
+            "prefect-server", ["prefect", "server", "start", "--host", HOST, "--port", str(self.prefect_port)], database
         )
 
     def _spawn_mlflow_server(self) -> tuple[subprocess.Popen, Path]:
         return self._start(
             "mlflow-server",
             ["mlflow", "server", "--host", HOST, "--port", str(self.mlflow_port),
-             "--backend-store-uri", f"sqlite:///{self.state_dir / 'mlflow.db'}",
              "--artifacts-destination", str(self.state_dir / "mlartifacts"),
              # Only requests addressed to this machine's loopback (a guard against DNS rebinding).
              "--allowed-hosts", f"{HOST},{HOST}:{self.mlflow_port},localhost,localhost:{self.mlflow_port}"],
+            {"MLFLOW_BACKEND_STORE_URI": self.mlflow_backend_uri},  # not on the command line: it may hold a password
         )  # fmt: skip
 
     def start_mlflow_server(self, timeout_s: float = 120) -> None:
@@ -142,10 +152,10 @@ class LocalStack:
         _wait_until_healthy(f"{self.mlflow_url}/health", mlflow, "MLflow server", mlflow_log, timeout_s)
 
     def deploy(self, pools: Sequence[str] = ("cpu", "gpu")) -> None:
-        """Process work pools and the deployments of prefect.yaml."""
+        """Process work pools and the deployments of prefect.yaml for them."""
         for pool in pools:
             self._run(["prefect", "work-pool", "create", pool, "--type", "process", "--overwrite"])
-        self._run(["prefect", "--no-prompt", "deploy", "--all"])
+        self._run(["prefect", "--no-prompt", "deploy", *(f"--name={name}" for name in PROCESS_DEPLOYMENTS)])
 
     def start_workers(self, pools: Sequence[str] = ("cpu", "gpu")) -> None:
         for pool in pools:

@@ -96,7 +96,7 @@ def _dispatch_to_work_pool(jobs: list[tuple[TrainRequest, str]], config: Pipelin
             raise RuntimeError(
                 f"deployment {deployment_name!r} not found on the Prefect server at "
                 f"{PREFECT_API_URL.value() or '(temporary server)'}: register the deployments of prefect.yaml "
-                "with `SPINE_PROJECT_DIR=$PWD prefect --no-prompt deploy --all` (`make stack` does), "
+                "with `spine stack` (or `prefect deploy` as prefect.yaml's header says), "
                 "or train in-process with dispatch='local'"
             ) from None
     finished = _wait_for(children, config.dispatch_timeout_s)
@@ -142,9 +142,6 @@ def _run_name(config: PipelineConfig) -> str:
     return config.run_name or f"{stamp}-{flow_run.name or 'local'}"
 
 
-PIPELINE_STATE = "pipeline.json"  # in the run folder: what `resume` needs to go on with a run
-
-
 @dataclass
 class PipelineRun:
     """One pipeline run once its run folder is prepared: what the training and the steps after it need."""
@@ -159,13 +156,13 @@ class PipelineRun:
 
     def save(self) -> None:
         payload = json.dumps({**asdict(self), "config": self.config.model_dump()}, indent=2).encode()
-        atomic_write(Path(self.run_dir) / PIPELINE_STATE, lambda handle: handle.write(payload))
+        atomic_write(RunFolder(self.run_dir).pipeline_state, lambda handle: handle.write(payload))
 
     @classmethod
     def load(cls, run_dir: str | Path) -> PipelineRun:
-        path = Path(run_dir) / PIPELINE_STATE
+        path = RunFolder(run_dir).pipeline_state
         if not path.is_file():
-            raise ValueError(f"{run_dir} is not a run folder of train-pipeline: it has no {PIPELINE_STATE}")
+            raise ValueError(f"{run_dir} is not a run folder of train-pipeline: it has no {path.name}")
         saved = json.loads(path.read_text())
         return cls(**{**saved, "config": PipelineConfig(**saved["config"]), "run_dir": str(Path(run_dir).resolve())})
 

@@ -91,6 +91,9 @@ class RunFolder:
     history = property(lambda self: self.root / "history.csv")
     curves = property(lambda self: self.root / "training_curves.png")
     fit_summary = property(lambda self: self.root / "fit.json")
+    epochs_log = property(lambda self: self.root / "epochs.jsonl")  # rank 0's epochs, for the launcher
+    distributed_log = property(lambda self: self.root / "distributed.log")  # torchrun's processes' output
+    pipeline_state = property(lambda self: self.root / "pipeline.json")  # what `spine train --resume` goes on with
     pending_metrics = property(lambda self: self.root / "pending_metrics.jsonl")  # not yet taken by MLflow
     model_uris = property(lambda self: self.root / "mlflow_models.json")
     evaluation = property(lambda self: self.root / "evaluation")

@@ -67,6 +67,12 @@ class TrainConfig(BaseModel):
     split_seed: int = Field(42, description="GroupShuffleSplit random_state")
     seed: int = Field(42, description="seed for weights init and shuffling")
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda', 'cuda:1'")
+    gpus: int = Field(
+        1, ge=1, le=64,
+        description="GPUs of one node to train on: more than 1 launches torchrun, one process per GPU "
+        "(DistributedDataParallel; batch_size stays the global batch and must divide evenly); on a "
+        "machine without CUDA that many CPU processes (gloo), for testing",
+    )  # fmt: skip
     amp: bool = Field(True, description="bfloat16 autocast on CUDA (ignored on CPU)")
     channels_last: bool = Field(True, description="NHWC memory order for the model and its image inputs")
     compile: bool = Field(
@@ -80,4 +86,8 @@ class TrainConfig(BaseModel):
         from spine_model.families import get_family
 
         get_family(self.model_family).check(self)
+        if self.gpus > 1 and self.batch_size % self.gpus:
+            raise ValueError(f"batch_size {self.batch_size} does not split evenly over gpus={self.gpus}")
+        if self.gpus > 1 and self.device not in ("auto", "cuda", "cpu"):
+            raise ValueError(f"gpus={self.gpus} takes the node's first GPUs: device must be 'auto', not {self.device}")
         return self

@@ -21,12 +21,12 @@ from torch import nn
 
 from spine_model.catalog import atomic_write
 from spine_model.config import TrainConfig
-from spine_model.constants import CONDITION_SERIES, LEVELS, images_dir
+from spine_model.constants import CONDITION_SERIES, LEVELS
 from spine_model.evaluate import predict_outputs
 from spine_model.families import get_family
 from spine_model.families.base import CELLS_SHAPE, batches
 from spine_model.families.localiser.locate import Localiser
-from spine_model.ingest import DataError, load_coordinates, load_series_descriptions
+from spine_model.ingest import find_series_files, load_coordinates, load_series_descriptions
 from spine_model.metrics import submission_from_probabilities
 from spine_model.train import load_checkpoint, resolve_device
 from spine_model.volumes import (
@@ -54,25 +54,14 @@ def list_series_files(data_dir: str | Path, split: str = "test", series: pd.Data
     """
     if series is None:
         series = load_series_descriptions(data_dir, split)
-    series = series[[*SERIES_KEY, "series_description"]].drop_duplicates()
-    root = Path(data_dir) / images_dir(split)
-    if not root.is_dir():
-        raise DataError(f"{root} not found: the DICOM files of the {split} studies")
-    rows, odd_names, empty = [], [], []
-    for study_id, series_id, description in series.itertuples(index=False):
-        paths = sorted((root / str(study_id) / str(series_id)).glob("*.dcm"))
-        if not paths:
-            empty.append((study_id, series_id))
-        for path in paths:
-            if not path.stem.isdigit():
-                odd_names.append(str(path))
-                continue
-            rows.append((study_id, series_id, int(path.stem), str(path), description))
-    if odd_names:
-        log.warning("skipped %d file(s) whose name is not an instance number, e.g. %s", len(odd_names), odd_names[0])
-    if empty:
-        log.warning("%d series have no DICOM files under %s, e.g. %s", len(empty), root, empty[0])
-    return pd.DataFrame(rows, columns=["study_id", "series_id", "instance_number", "image_path", "series_description"])
+    found = find_series_files(data_dir, split, series)
+    if found.odd_names:
+        log.warning(
+            "skipped %d file(s) whose name is not an instance number, e.g. %s", len(found.odd_names), found.odd_names[0]
+        )
+    if found.empty:
+        log.warning("%d series have no DICOM files under %s, e.g. %s", len(found.empty), found.root, found.empty[0])
+    return found.files
 
 
 # --- coordinate prior -----------------------------------------------------------------------------

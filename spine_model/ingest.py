@@ -200,18 +200,28 @@ def _skip(rows: pd.DataFrame, drop: np.ndarray, reason: str, skipped: Counter[st
     return rows.loc[~drop]
 
 
+def check_data_dir(data_dir: str | Path, split: str = "train", images: bool = True) -> None:
+    """The Kaggle layout's files (and, with `images`, the image folder) for `split` are there."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(f"data directory {root} does not exist")
+    needed = [series_descriptions_csv(split), *([images_dir(split)] if images else [])]
+    if split == "train":
+        needed = [TRAIN_CSV, COORDINATES_CSV, *needed]
+    missing = [name for name in needed if not (root / name).exists()]
+    if missing:
+        raise DataError(f"{root} lacks {', '.join(missing)}: expected the Kaggle layout ({', '.join(needed)})")
+
+
 def build_long_table(data_dir: str | Path, check_images: bool = True) -> IngestResult:
     """Ingest a Kaggle-layout directory into the long table (see module docstring)."""
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise DataError(f"data directory {data_dir} does not exist")
+    check_data_dir(data_dir, "train", images=check_images)
     labels = load_labels(data_dir)
     series = load_series_descriptions(data_dir, "train")
     rows = load_coordinates(data_dir)
     skipped: Counter[str] = Counter()
 
-    if check_images and not (data_dir / images_dir("train")).is_dir():
-        raise DataError(f"{data_dir / images_dir('train')} not found: the DICOM files of the training studies")
     rows = _skip(rows, rows.duplicated().to_numpy(), SKIP_DUPLICATE, skipped)
     rows = _skip(rows, rows.duplicated(["study_id", "condition", "level"]).to_numpy(), SKIP_SECOND_POINT, skipped)
     rows = _skip(rows, ~rows["study_id"].isin(labels["study_id"]).to_numpy(), SKIP_NO_STUDY, skipped)
@@ -244,3 +254,33 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     from spine_model.catalog import atomic_write
 
     return atomic_write(path, lambda handle: table.to_parquet(handle, index=False))
+
+
+@dataclass
+class SeriesFiles:
+    """The DICOM files found for a list of series."""
+
+    files: pd.DataFrame  # study_id, series_id, instance_number, image_path, series_description
+    odd_names: list[str]  # files whose name is not an instance number (skipped)
+    empty: list[tuple[int, int]]  # (study, series) listed without any DICOM file
+    root: Path
+
+
+def find_series_files(data_dir: str | Path, split: str, series: pd.DataFrame) -> SeriesFiles:
+    """Every `*.dcm` of the listed series under `{split}_images/`, instance numbers from the file names."""
+    series = series[["study_id", "series_id", "series_description"]].drop_duplicates()
+    root = Path(data_dir) / images_dir(split)
+    if not root.is_dir():
+        raise DataError(f"{root} not found: the DICOM files of the {split} studies")
+    rows, odd_names, empty = [], [], []
+    for study_id, series_id, description in series.itertuples(index=False):
+        paths = sorted((root / str(study_id) / str(series_id)).glob("*.dcm"))
+        if not paths:
+            empty.append((study_id, series_id))
+        for path in paths:
+            if not path.stem.isdigit():
+                odd_names.append(str(path))
+                continue
+            rows.append((study_id, series_id, int(path.stem), str(path), description))
+    files = pd.DataFrame(rows, columns=["study_id", "series_id", "instance_number", "image_path", "series_description"])
+    return SeriesFiles(files, odd_names, empty, root)

@@ -8,25 +8,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from spine_model.constants import COORDINATES_CSV, TRAIN_CSV, images_dir, series_descriptions_csv
-from spine_model.ingest import DataError
+from spine_model.ingest import check_data_dir
 
 
 class SetupError(RuntimeError):
     """The machine is not ready for a run (an output folder not writable, no tracking server)."""
-
-
-def check_data_dir(data_dir: str | Path, split: str = "train") -> None:
-    """The Kaggle layout's files and image folder for `split` are there."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"data directory {root} does not exist")
-    needed = [series_descriptions_csv(split), images_dir(split)]
-    if split == "train":
-        needed = [TRAIN_CSV, COORDINATES_CSV, *needed]
-    missing = [name for name in needed if not (root / name).exists()]
-    if missing:
-        raise DataError(f"{root} lacks {', '.join(missing)}: expected the Kaggle layout ({', '.join(needed)})")
 
 
 def check_writable(folder: str | Path) -> None:

@@ -24,6 +24,7 @@ from spine_model.catalog import DatasetCache, RunFolder, RunRecord, atomic_write
 from spine_model.compare import MODEL_SUMMARY, VAL_FINGERPRINT
 from spine_model.config import TrainConfig
 from spine_model.constants import SOLUTION_CSV
+from spine_model.distributed import SINGLE, World
 from spine_model.evaluate import Evaluation, evaluate_model, label_counts
 from spine_model.families import get_family
 from spine_model.families.base import model_inputs
@@ -215,16 +216,20 @@ def train_step(
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
     resume: bool = False,
+    world: World = SINGLE,
 ) -> FitResult:
     """Train as the run's record says; writes checkpoints, history, curves and the fit summary.
 
-    `resume`: go on from the last epoch the run folder's training state holds (see `fit`).
+    `resume`: go on from the last epoch the run folder's training state holds (see `fit`). In one of
+    several training processes (`world`), only rank 0 writes.
     """
     folder = run.folder
     _, result = train_model(
         run.points, run.record.split, run.store, run.record.config, folder.checkpoints, on_epoch_end, progress,
-        resume=resume,
+        resume=resume, world=world,
     )  # fmt: skip
+    if not world.main:
+        return result
     history = result.history_frame()
     history.to_csv(folder.history, index=False)
     plot_training_curves(history, folder.curves)

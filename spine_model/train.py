@@ -20,11 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from tqdm.auto import tqdm
 
+from spine_model import distributed
 from spine_model.catalog import atomic_write, checkpoint_files
 from spine_model.config import TrainConfig
+from spine_model.distributed import SINGLE, ShardSampler, World
 from spine_model.families import get_family
 from spine_model.families.base import ModelFamily
 from spine_model.split import StudySplit
@@ -71,8 +74,11 @@ def make_loader(
     device: torch.device,
     train: bool | None = None,
     prepare_in_workers: bool | None = None,
+    sampler: Sampler | None = None,
+    batch_size: int | None = None,
 ) -> DataLoader:
     """Batches of `config.batch_size` items; a dataset with a `collate` method batches its own items.
+    A `sampler` (one process's share, see train_model) replaces `shuffle`; `batch_size` overrides.
 
     On a GPU the family's `prepare` runs on the device (see `model_batches`). Training on the CPU
     with loader workers, the workers prepare the batches instead (`train`: with augmentation,
@@ -85,8 +91,9 @@ def make_loader(
         collate = PreparedBatches(collate, config, shuffle if train is None else train)
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
-        shuffle=shuffle,
+        batch_size=batch_size or config.batch_size,
+        shuffle=shuffle if sampler is None else False,
+        sampler=sampler,
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=config.num_workers > 0,
@@ -156,9 +163,9 @@ def run_epoch(
             loss_sum, weight_sum = family.loss(outputs, targets, class_weights)
             if training:
                 optimizer.zero_grad(set_to_none=True)
-                # A batch without labelled targets has loss_sum 0: a zero gradient, not 0 / 0. Adam still
-                # steps on its moments then; skipping it would cost a host-device sync on every batch.
-                (loss_sum / weight_sum.clamp_min(1e-12)).backward()
+                # A batch without labelled targets has a zero gradient. Adam still steps on its moments
+                # then; skipping it would cost a host-device sync on every batch.
+                distributed.batch_loss(loss_sum, weight_sum).backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
@@ -167,6 +174,7 @@ def run_epoch(
             labelled += batch_labelled
             loss_total += loss_sum.detach().float()
             weight_total += weight_sum.detach().float()
+    distributed.sum_across(loss_total, weight_total, correct, labelled)  # the whole epoch's, in every process
     if int(labelled) == 0:
         raise ValueError(f"{desc or 'epoch'}: no labelled targets in {len(loader.dataset)} points")
     return float(loss_total / weight_total), float(correct / labelled)
@@ -257,6 +265,7 @@ def fit(
     on_epoch_end: Callable[[EpochStats], None] | None = None,
     progress: bool = True,
     resume: bool = False,
+    world: World = SINGLE,
 ) -> FitResult:
     """Train `model` for `config.epochs`; keep (and save) the lowest-val-loss weights.
 
@@ -264,8 +273,12 @@ def fit(
     full training state (state.pt), each atomically. `resume` goes on from the epoch after the one
     state.pt holds (a fresh start when there is none), as if training had never stopped. A loss
     that is NaN or infinite raises TrainingDiverged before that epoch writes anything.
+
+    In one of several processes (`world`, see spine_model.distributed), the model trains wrapped in
+    DistributedDataParallel on the loaders' shares; only rank 0 writes files and sees `on_epoch_end`.
     """
     device = resolve_device(config.device)
+    progress = progress and world.main
     model.to(device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = config.cudnn_benchmark  # fixed input sizes: autotune once
@@ -273,12 +286,19 @@ def fit(
         model.to(memory_format=torch.channels_last)
     # The compiled module shares its parameters with `model`, which checkpoints and evaluation use.
     step_model = torch.compile(model) if config.compile else model
+    # Several processes: DDP averages the gradients. Validation runs on the plain model: each process
+    # scores its own share, in batches of uneven count, where DDP's forward would wait on the others.
+    val_model = step_model
+    if world.size > 1:
+        gpu = [torch.cuda.current_device()] if device.type == "cuda" else None  # set by distributed.init
+        step_model = DistributedDataParallel(step_model, device_ids=gpu)
     class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", patience=config.lr_patience, factor=config.lr_factor
     )
     result = FitResult()
+    writes = checkpoint_dir is not None and world.main
     if checkpoint_dir is not None:
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         best_path, last_path = checkpoint_files(checkpoint_dir)
@@ -292,12 +312,14 @@ def fit(
     for epoch in range(len(result.history) + 1, config.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
+        if isinstance(train_loader.sampler, DistributedSampler):
+            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same in every process
         train_loss, train_accuracy = run_epoch(
             step_model, family, train_loader, device, class_weights, config, optimizer, f"epoch {epoch} train",
             progress,
         )  # fmt: skip
         val_loss, val_accuracy = run_epoch(
-            step_model, family, val_loader, device, class_weights, config, None, f"epoch {epoch} val", progress
+            val_model, family, val_loader, device, class_weights, config, None, f"epoch {epoch} val", progress
         )
         if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
             kept = f"{last_path} holds epoch {epoch - 1}" if checkpoint_dir is not None and epoch > 1 else "none kept"
@@ -315,12 +337,12 @@ def fit(
         if val_loss < result.best_val_loss:
             result.best_epoch, result.best_val_loss = epoch, val_loss
             best_state = copy.deepcopy(model.state_dict())
-            if checkpoint_dir is not None:
+            if writes:
                 save_checkpoint(best_path, model, config, epoch, val_loss)
-        if checkpoint_dir is not None:
+        if writes:
             save_checkpoint(last_path, model, config, epoch, val_loss)
             save_training_state(state_path, model, optimizer, scheduler, config, result, [train_loader, val_loader])
-        if on_epoch_end is not None:
+        if on_epoch_end is not None and world.main:
             on_epoch_end(stats)
     if config.restore_best and best_state is not None:
         model.load_state_dict(best_state)
@@ -335,9 +357,12 @@ def training_state_file(checkpoint_dir: str | Path) -> Path:
 
 
 def saved_epoch(checkpoint_dir: str | Path) -> int:
-    """The last epoch whose training state `fit` saved in `checkpoint_dir` (0: none)."""
+    """The last epoch whose training state `fit` saved in `checkpoint_dir` (0: none). Memory-mapped:
+    the weights and optimiser state are not read for it."""
     path = training_state_file(checkpoint_dir)
-    return int(torch.load(path, map_location="cpu", weights_only=True)["epoch"]) if path.is_file() else 0
+    if not path.is_file():
+        return 0
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
 
 
 def save_checkpoint(path: Path, model: nn.Module, config: TrainConfig, epoch: int, val_loss: float) -> None:
@@ -376,10 +401,13 @@ def train_model(
     progress: bool = True,
     allow_download: bool = True,
     resume: bool = False,
+    world: World = SINGLE,
 ) -> tuple[nn.Module, FitResult]:
     """Build the config's model family and fit it on the split's points; returns the model and history.
 
-    points: located training points (see volumes.locate_points) of both sides of the split.
+    points: located training points (see volumes.locate_points) of both sides of the split. In one
+    of several processes (`world`), this process takes its share of each batch of
+    `config.batch_size`, and of the validation points.
     """
     family = get_family(config.model_family)
     seed_everything(config.seed)
@@ -388,11 +416,25 @@ def train_model(
     if train_points.empty or val_points.empty:
         raise ValueError(f"empty split: {len(train_points)} train points, {len(val_points)} validation points")
     device = resolve_device(config.device)
-    train_loader = make_loader(family.dataset(train_points, store, config, train=True), config, True, device)
-    val_loader = make_loader(family.dataset(val_points, store, config, train=False), config, False, device)
+    train_set = family.dataset(train_points, store, config, train=True)
+    val_set = family.dataset(val_points, store, config, train=False)
+    # The training order is a function of (seed, epoch) alone, so that N processes train on the same
+    # global batches as one: process r takes items r, r + N, ... of each epoch's permutation (padded
+    # to the same count everywhere: DDP's steps must match).
+    sampler = DistributedSampler(train_set, world.size, world.rank, shuffle=True, seed=config.seed)
+    if world.size == 1:
+        train_loader = make_loader(train_set, config, False, device, train=True, sampler=sampler)
+        val_loader = make_loader(val_set, config, False, device)
+    else:
+        if device.type == "cuda":  # batch statistics over the whole batch (SyncBatchNorm needs a GPU)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        share = config.batch_size // world.size
+        train_loader = make_loader(train_set, config, False, device, train=True, sampler=sampler, batch_size=share)
+        val_loader = make_loader(val_set, config, False, device, sampler=ShardSampler(len(val_set), world),
+                                 batch_size=share)  # fmt: skip
     log.info(
         "training %s on %s: %d train points, %d validation points",
         family.describe(config), device, len(train_points), len(val_points),
     )  # fmt: skip
-    result = fit(model, family, train_loader, val_loader, config, checkpoint_dir, on_epoch_end, progress, resume)
+    result = fit(model, family, train_loader, val_loader, config, checkpoint_dir, on_epoch_end, progress, resume, world)
     return model, result

@@ -17,17 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine_model.constants import CONDITION_SERIES, LABEL_COLUMNS, LEVELS, MISSING_LABEL, images_dir
+from spine_model.constants import CONDITION_SERIES, LABEL_COLUMNS, LEVELS, MISSING_LABEL
 from spine_model.dicom import DECODER_HINT
 from spine_model.ingest import (
     DataError,
+    check_data_dir,
     dicom_path,
+    find_series_files,
     load_coordinates,
     load_labels,
     load_series_descriptions,
 )
 from spine_model.parallel import parallel_map
-from spine_model.preflight import check_data_dir
 
 ERROR, WARNING = "error", "warning"
 EXAMPLES = 3
@@ -52,6 +53,14 @@ class ValidationReport:
     @property
     def usable(self) -> bool:
         return not any(f.severity == ERROR for f in self.findings)
+
+    def raise_if_unusable(self) -> None:
+        """A DataError naming the first error, when there is one."""
+        if not self.usable:
+            first = next(f for f in self.findings if f.severity == ERROR)
+            raise DataError(
+                f"{self.data_dir} is not usable: {first.examples[0]} (`spine validate {self.data_dir}` lists all)"
+            )
 
     def add(self, check: str, severity: str, items: list[str], what: str) -> None:
         if items:
@@ -136,16 +145,11 @@ def _check_series(report: ValidationReport, series: pd.DataFrame) -> None:
 
 def _check_files(report, root: Path, split: str, series: pd.DataFrame, workers, progress) -> dict:
     """Headers of every DICOM file of the listed series: (study, series, instance) -> (rows, columns)."""
-    folder = root / images_dir(split)
-    files, no_files, odd_names = [], [], []
-    for study_id, series_id in series[["study_id", "series_id"]].drop_duplicates().itertuples(index=False):
-        found = sorted((folder / str(study_id) / str(series_id)).glob("*.dcm"))
-        if not found:
-            no_files.append(f"study {study_id} series {series_id}")
-        for path in found:
-            (files if path.stem.isdigit() else odd_names).append((study_id, series_id, path))
-    report.add("series_without_files", WARNING, no_files, f"listed series without any DICOM file under {folder}")
-    report.add("odd_file_names", WARNING, [str(p) for *_, p in odd_names], "files whose name is not an instance number")
+    found = find_series_files(root, split, series)
+    files = [(r.study_id, r.series_id, Path(r.image_path)) for r in found.files.itertuples()]
+    no_files = [f"study {study_id} series {series_id}" for study_id, series_id in found.empty]
+    report.add("series_without_files", WARNING, no_files, f"listed series without any DICOM file under {found.root}")
+    report.add("odd_file_names", WARNING, found.odd_names, "files whose name is not an instance number")
     report.checked["dicom_files"] = len(files)
     results = dict(parallel_map(_header, [str(p) for *_, p in files], workers, "DICOM headers", "file", progress))
     unreadable, no_geometry, sizes = [], [], defaultdict(Counter)

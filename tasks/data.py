@@ -15,7 +15,6 @@ from prefect.context import TaskRunContext
 from spine_model.catalog import DatasetCache, StoreFiles, file_fingerprint
 from spine_model.config import TrainConfig
 from spine_model.constants import COORDINATES_CSV, TRAIN_CSV, series_descriptions_csv
-from spine_model.ingest import DataError
 from spine_model.preflight import preflight
 from spine_model.steps import (
     IngestOutputs,
@@ -47,9 +46,7 @@ def validate_task(data_dir: str, workers: int | None = None) -> dict[str, int]:
     """`spine validate`'s checks; its counts (for MLflow), or a DataError when the data is unusable."""
     report = validate_data(data_dir, "train", workers, progress=sys.stderr.isatty())
     get_run_logger().info(report.describe())
-    if not report.usable:
-        first = next(f for f in report.findings if f.severity == "error")
-        raise DataError(f"{data_dir} is not usable: {first.examples[0]} (`spine validate {data_dir}` lists all)")
+    report.raise_if_unusable()
     return report.counts()
 
 

@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from spine_model import tracking
+from spine_model import distributed, tracking
 from spine_model.steps import RunInputs, evaluate_localiser_step, evaluate_step, train_step
 from spine_model.train import EpochStats, saved_epoch
 from tasks.retry import unless_bad_data
@@ -52,6 +52,11 @@ def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str, resume: bo
         update_progress_artifact(progress_id, 100.0 * stats.epoch / epochs)
         logger.info("epoch %d/%d: %s", stats.epoch, epochs, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
 
+    if config.gpus > 1:  # torchrun, one process per GPU; rank 0's epochs come back to on_epoch_end
+        tracking.set_tags(mlflow_run_id, {"training_processes": config.gpus}, tracking_uri)
+        summary = distributed.launch(run.folder.root, config.gpus, on_epoch_end, resume=resume)
+        flush_metrics_task(buffer)
+        return {"best_epoch": summary["best_epoch"], "best_val_loss": summary["best_val_loss"]}
     # Batch progress bars when a person watches a terminal; worker logs get the per-epoch lines.
     result = train_step(run, on_epoch_end, progress=sys.stderr.isatty(), resume=resume)
     flush_metrics_task(buffer)

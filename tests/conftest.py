@@ -8,6 +8,10 @@ import os
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# One intra-op thread per process (this one and every server, worker and `spine` subprocess a test
+# starts): on 2 cores, several processes with torch's default of one thread per core slow the tiny
+# models 3-5x by contention.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -199,27 +199,16 @@ def run_link(run_id: str, tracking_uri: str | None = None) -> str:
     return f"run `mlflow ui --backend-store-uri {uri}` and open run {run_id}"
 
 
-# One quick attempt while training waits (a few seconds, not MLflow's default of minutes of backoff).
-QUICK_REQUESTS = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
-}
+def answers(tracking_uri: str | None, timeout_s: float = 3.0) -> bool:
+    """The tracking server answers its /health within `timeout_s` (a local store always does).
+    Checked before a send that training waits on: MLflow's own client retries for minutes."""
+    from spine_model.preflight import SetupError, check_tracking
 
-
-@contextmanager
-def quick_requests() -> Iterator[None]:
-    """MLflow HTTP calls inside fail fast (MLflow reads these settings at every request)."""
-    saved = {key: os.environ.get(key) for key in QUICK_REQUESTS}
-    os.environ.update(QUICK_REQUESTS)
     try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        check_tracking(resolve_tracking_uri(tracking_uri), timeout_s)
+    except SetupError:
+        return False
+    return True
 
 
 class MetricBuffer:
@@ -268,11 +257,12 @@ class MetricBuffer:
         metrics = [Metric(row["key"], row["value"], row["timestamp"], row["step"]) for row in rows]
         sent = 0
         try:
-            with quick_requests() if quick else nullcontext():
-                mlflow_client = client(self.tracking_uri)
-                for start in range(0, len(metrics), _MAX_BATCH):
-                    mlflow_client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH])
-                    sent = min(start + _MAX_BATCH, len(metrics))
+            if quick and not answers(self.tracking_uri):
+                raise ConnectionError("no answer from its /health within 3 s")
+            mlflow_client = client(self.tracking_uri)
+            for start in range(0, len(metrics), _MAX_BATCH):
+                mlflow_client.log_batch(self.run_id, metrics=metrics[start : start + _MAX_BATCH])
+                sent = min(start + _MAX_BATCH, len(metrics))
         except Exception as error:  # any failure of the server or the network: keep them for later
             self._keep(rows[sent:])
             logging.getLogger(__name__).warning(

@@ -69,7 +69,7 @@ def test_bad_data_is_a_one_line_error_not_a_traceback(tiny_copy):
     (tiny_copy / "train.csv").unlink()
     result = runner.invoke(app, ["ingest", str(tiny_copy)])
     assert result.exit_code == 1
-    assert "train.csv not found" in result.output and "Traceback" not in result.output
+    assert "lacks train.csv" in result.output and "Traceback" not in result.output
 
 
 def test_evaluate_rejects_a_folder_that_is_not_a_run(tmp_path):

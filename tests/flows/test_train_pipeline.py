@@ -244,3 +244,18 @@ def test_a_tracking_server_that_does_not_answer_fails_the_run_before_any_image_i
         train_pipeline(config)
     assert not list((tmp_path / "out").rglob("index.parquet"))  # no volume store: no image was decoded
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_the_pipeline_trains_in_two_processes_when_two_gpus_are_asked_for(prefect_harness, tiny_data, tmp_path):
+    """gpus=2 without CUDA: torchrun starts 2 CPU processes (gloo); MLflow hears rank 0's epochs once."""
+    config = PipelineConfig(
+        data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        model_family="crops", localiser="off", compare_after=False, **{**TINY_TRAIN, "gpus": 2},
+    )  # fmt: skip
+    result = train_pipeline(config)
+    assert_complete_mlflow_run(config.tracking_uri, result["mlflow_run_id"], config, result["run_dir"])
+    run = mlflow.MlflowClient(config.tracking_uri).get_run(result["mlflow_run_id"])
+    assert run.data.tags["training_processes"] == "2" and run.data.params["gpus"] == "2"
+    folder = RunFolder(result["run_dir"])
+    assert folder.distributed_log.is_file()  # the processes' output, kept in the run folder
+    assert len(folder.epochs_log.read_text().splitlines()) == config.epochs

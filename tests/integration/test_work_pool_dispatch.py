@@ -1,10 +1,19 @@
-"""End to end with real servers: Prefect server + MLflow server + process workers on loopback.
+"""End to end with real servers: Prefect server + MLflow server + process workers on loopback, both
+servers backed by a real PostgreSQL server (the topology of docker/compose.yaml, without Docker).
 
 The parent `spine-pipeline` deployment runs on the `cpu` pool's worker and dispatches training to
-the `spine-train-gpu` deployment, which the `gpu` pool's worker runs in its own process.
+the `spine-train-gpu` deployment, which the `gpu` pool's worker runs in its own process; the runs,
+the MLflow run and the registry entries are then read back from PostgreSQL itself.
+
+PostgreSQL comes from Debian's package (`make test` installs it as root, as on CI). Without it and
+without root to install it, the stack falls back to sqlite and only the PostgreSQL read-back skips.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
+import warnings
 
 import mlflow
 import pytest
@@ -14,6 +23,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.config import PipelineConfig
+from flows.postgres import LocalPostgres, PostgresUnavailable
 from flows.stack import LocalStack, free_port
 from spine_model.catalog import Workspace
 from tests.conftest import TINY_TRAIN
@@ -23,10 +33,35 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def postgres():
+    """A PostgreSQL server of the test's own (None, with a warning, where none can be had)."""
+    try:
+        # Under /tmp: as root the server runs as `postgres`, which cannot enter pytest's root-only folders.
+        server = LocalPostgres(tempfile.mkdtemp(prefix="spine-pg-"))
+    except PostgresUnavailable as error:
+        if os.geteuid() == 0:  # root could have installed it (`make test` does): on CI this must run
+            raise
+        warnings.warn(f"{error}; the stack runs on sqlite", stacklevel=1)
+        yield None
+        return
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(postgres, tmp_path_factory):
+    backends = {}
+    if postgres is not None:
+        backends = {
+            "prefect_database_url": postgres.url("prefect", "asyncpg"),
+            "mlflow_backend_uri": postgres.url("mlflow", "psycopg2"),
+        }
     local = LocalStack(
-        tmp_path_factory.mktemp("stack"), prefect_port=free_port(), mlflow_port=free_port(), worker_poll_s=2
-    )
+        tmp_path_factory.mktemp("stack"), prefect_port=free_port(), mlflow_port=free_port(), worker_poll_s=2,
+        **backends,
+    )  # fmt: skip
     try:
         local.start()
         yield local
@@ -34,10 +69,13 @@ def stack(tmp_path_factory):
         local.stop()
 
 
-def test_pipeline_dispatches_training_to_the_gpu_pool(stack, tiny_data, tmp_path):
+@pytest.fixture(scope="module")
+def dispatched(stack, tiny_data, tmp_path_factory):
+    """One pipeline run through the stack: (config, parent flow run, child runs, localiser runs)."""
     config = PipelineConfig(
-        data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=stack.mlflow_url,
-        dispatch="work-pool", dispatch_timeout_s=600, model_family="crops", **TINY_TRAIN,
+        data_dir=str(tiny_data), workdir=str(tmp_path_factory.mktemp("dispatch") / "out"),
+        tracking_uri=stack.mlflow_url, dispatch="work-pool", dispatch_timeout_s=600, model_family="crops",
+        **TINY_TRAIN,
     )  # fmt: skip
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
         parent = run_deployment(
@@ -51,6 +89,11 @@ def test_pipeline_dispatches_training_to_the_gpu_pool(stack, tiny_data, tmp_path
                 client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
                 for name in ("spine-train-gpu", "spine-localiser-gpu")
             )
+    return config, parent, children, localisers
+
+
+def test_pipeline_dispatches_training_to_the_gpu_pool(stack, dispatched):
+    config, parent, children, localisers = dispatched
     assert len(children) == 1 and len(localisers) == 1, stack.dead()
     child = children[0]
     for started in (child, localisers[0]):  # classifier and localiser, side by side on the gpu pool
@@ -76,3 +119,27 @@ def test_pipeline_dispatches_training_to_the_gpu_pool(stack, tiny_data, tmp_path
     run_dir = Workspace(config.workdir).run(run.info.run_name).root
     assert_complete_mlflow_run(stack.mlflow_url, run.info.run_id, config, str(run_dir))
     assert not stack.dead(), stack.dead()
+
+
+def test_the_runs_and_the_registry_are_in_postgres(postgres, stack, dispatched):
+    if postgres is None:
+        pytest.skip("no PostgreSQL server binaries here and not root to install them (`make postgres`)")
+    config, parent, children, _ = dispatched
+    # Prefect's own tables: the parent and the child flow runs, completed.
+    states = dict(postgres.query("prefect", "SELECT id::text, state_type FROM flow_run"))
+    assert states[str(parent.id)] == "COMPLETED" and states[str(children[0].id)] == "COMPLETED"
+    deployments = {name for (name,) in postgres.query("prefect", "SELECT name FROM deployment")}
+    assert {"spine-pipeline", "spine-train-gpu", "spine-localiser-gpu", "compare-models"} <= deployments
+    # MLflow's tables: the run, its per-epoch metrics, and the registry's version with its alias.
+    runs = postgres.query(
+        "mlflow", "SELECT r.run_uuid, r.status FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
+        "WHERE t.key = 'prefect.flow_run_id' AND t.value = %s", (str(parent.id),),
+    )  # fmt: skip
+    assert len(runs) == 2 and {status for _, status in runs} == {"FINISHED"}  # classifier and localiser
+    steps = postgres.query("mlflow", "SELECT DISTINCT step FROM metrics WHERE key = 'val_loss' AND run_uuid = ANY(%s)",
+                           ([run_id for run_id, _ in runs],))  # fmt: skip
+    assert sorted(step for (step,) in steps) == list(range(1, config.epochs + 1))
+    versions = postgres.query("mlflow", "SELECT name, version, run_id FROM model_versions")
+    assert any(name == config.model_name and run_id in dict(runs) for name, _, run_id in versions), versions
+    champions = postgres.query("mlflow", "SELECT name FROM registered_model_aliases WHERE alias = 'champion'")
+    assert (config.model_name,) in champions, champions

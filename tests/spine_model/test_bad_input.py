@@ -115,7 +115,7 @@ class Case:
 
 CASES = [
     # train.csv
-    Case("train.csv missing", remove(TRAIN_CSV), error=r"train.csv not found: expected the Kaggle layout"),
+    Case("train.csv missing", remove(TRAIN_CSV), error=r"lacks train.csv: expected the Kaggle layout"),
     Case("train.csv empty", raw(TRAIN_CSV, lambda _: b""), error=r"train.csv is empty: expected a header line"),
     Case("train.csv header only", raw(TRAIN_CSV, header_only), error=r"train.csv has a header but no rows"),
     Case("train.csv not UTF-8", raw(TRAIN_CSV, latin1_value), error=r"train.csv is not UTF-8 text: byte 0xe9"),
@@ -195,7 +195,7 @@ CASES = [
         skipped={SKIP_NO_DESCRIPTION: lambda root: _rows_of_missing_series(root)},
     ),
     # folders
-    Case("train_images missing", remove(images_dir("train")), error=r"train_images not found: the DICOM files"),
+    Case("train_images missing", remove(images_dir("train")), error=r"lacks train_images: expected the Kaggle layout"),
 ]
 
 

@@ -101,7 +101,7 @@ def test_bad_input_names_file_row_and_value(tiny_copy, file, edit, expected):
 
 def test_missing_file_says_what_is_expected(tiny_copy):
     (tiny_copy / "train_series_descriptions.csv").unlink()
-    with pytest.raises(DataError, match="train_series_descriptions.csv not found: expected the Kaggle layout"):
+    with pytest.raises(DataError, match="lacks train_series_descriptions.csv: expected the Kaggle layout"):
         build_long_table(tiny_copy)
 
 
