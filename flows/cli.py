@@ -319,6 +319,13 @@ def stack(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port on 127.0.0.1")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port on 127.0.0.1")] = 5000,
     workers: Annotated[bool, typer.Option("--workers/--no-workers", help="start cpu and gpu process workers")] = True,
+    project_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="checkout whose prefect.yaml, code and spine_outputs/ the deployments and workers use "
+            "[default: the current folder when it holds prefect.yaml, else the installed project]"
+        ),
+    ] = None,
     postgres: Annotated[
         bool,
         typer.Option(
@@ -335,8 +342,13 @@ def stack(
     import signal
     import time
 
-    from flows.stack import LocalStack
+    from flows.stack import LocalStack, resolve_project_dir
 
+    try:
+        project = resolve_project_dir(project_dir)
+    except FileNotFoundError as error:
+        raise _fail(str(error)) from None
+    console.print(f"project: {project} (its prefect.yaml, code and outputs)")
     database = None
     if postgres:
         from flows.postgres import LocalPostgres, PostgresUnavailable
@@ -352,7 +364,7 @@ def stack(
             "prefect_database_url": database.url("prefect", "asyncpg"),
             "mlflow_backend_uri": database.url("mlflow", "psycopg2"),
         }
-    local = LocalStack(state_dir, prefect_port=prefect_port, mlflow_port=mlflow_port, **backends)
+    local = LocalStack(state_dir, project, prefect_port=prefect_port, mlflow_port=mlflow_port, **backends)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the `finally` below
     try:
         console.print("starting Prefect and MLflow servers ...")

@@ -15,17 +15,20 @@ def compare_models(
     tracking_uri: str | None = None,
     model_name: str = MODEL_NAME,
     update_registry: bool = True,
+    champion_margin: float = 0.0,
 ) -> dict:
     """Rank the experiment's finished runs by validation competition score (lower is better).
 
     With `update_registry`, the best run's serving model is registered as `model_name`; the alias
     `champion` moves to it only when it beats the current champion on the same validation
-    studies, and `challenger` always points at the newest run.
+    studies, and beats its own prior baseline by more than `champion_margin` (a run that does not
+    stays `challenger`, and its version's `champion_decision` tag says why); `challenger` always
+    points at the newest run.
     """
     uri = tracking.resolve_tracking_uri(tracking_uri)
     ranked = rank_runs_task(experiment, uri)
     publish_comparison_task(ranked, experiment)
     result: dict = {"ranked": ranked, "decision": None}
     if update_registry and not ranked.empty:
-        result["decision"] = update_aliases_task(ranked, model_name, uri)
+        result["decision"] = update_aliases_task(ranked, model_name, uri, champion_margin)
     return result

@@ -53,6 +53,11 @@ class PipelineConfig(TrainConfig):
         "its own settings (the other settings given are not used)",
     )
     model_name: str = Field("spine-net", description="registered model name for the champion/challenger aliases")
+    champion_margin: float = Field(
+        0.0, ge=0,
+        description="champion only for a run whose validation score is below its own prior baseline's by more "
+        "than this (competition-metric units); otherwise it stays challenger",
+    )  # fmt: skip
     preprocess_workers: int | None = Field(
         None, ge=1, description="processes that build the volume store (default: all cores)"
     )

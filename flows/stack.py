@@ -20,6 +20,20 @@ from pathlib import Path
 from spine_model.settings import OFFLINE_DEFAULTS
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+def resolve_project_dir(option: str | Path | None = None, cwd: str | Path | None = None) -> Path:
+    """The project whose prefect.yaml, code and outputs a stack uses: `option` when given (it must
+    hold prefect.yaml), else the current folder when it holds one, else the installed project."""
+    if option is not None:
+        folder = Path(option).resolve()
+        if not (folder / "prefect.yaml").is_file():
+            raise FileNotFoundError(f"{folder} has no prefect.yaml: --project-dir takes a checkout of this project")
+        return folder
+    here = Path(cwd or Path.cwd()).resolve()
+    return here if (here / "prefect.yaml").is_file() else PROJECT_DIR
+
+
 # The deployments of prefect.yaml for process work pools (the others are for Docker and Kubernetes pools).
 PROCESS_DEPLOYMENTS = ("spine-pipeline", "spine-train-gpu", "spine-localiser-gpu", "compare-models", "predict")
 HOST = "127.0.0.1"  # loopback only: nothing here is meant to face a network

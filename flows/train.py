@@ -304,4 +304,6 @@ def _train_and_finish(pipeline: PipelineRun, inputs: RunInputs, resume: bool) ->
 def _compare_after(pipeline: PipelineRun) -> None:
     """After the run is FINISHED (so that it takes part in the ranking), outside the run's own try."""
     if pipeline.config.compare_after:
-        compare_models(pipeline.config.experiment, pipeline.tracking_uri, pipeline.config.model_name)
+        config = pipeline.config
+        margin = config.champion_margin
+        compare_models(config.experiment, pipeline.tracking_uri, config.model_name, champion_margin=margin)

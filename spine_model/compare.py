@@ -126,9 +126,26 @@ def candidate(ranked: pd.DataFrame, champion: pd.Series | None) -> pd.Series:
     return ranked.iloc[0]
 
 
-def decide(candidate: pd.Series, champion: pd.Series | None, score: str = SCORE) -> Decision:
-    """Promote the candidate only when it beats the champion (a lower `score`) on the same validation studies."""
+PRIOR_SCORE = "val_prior_score"  # the class prior's score on the run's own validation studies
+
+
+def decide(
+    candidate: pd.Series,
+    champion: pd.Series | None,
+    score: str = SCORE,
+    prior: str | None = PRIOR_SCORE,
+    margin: float = 0.0,
+) -> Decision:
+    """Promote the candidate only when it beats its own prior baseline by more than `margin` (the
+    `prior` score of the same studies; a model no better than the class frequencies is never
+    served) and the champion (a lower `score`) on the same validation studies."""
     base = {"candidate_run_id": candidate["run_id"], "candidate_score": float(candidate[score])}
+    prior_score = candidate.get(prior) if prior else None
+    no_gain = prior_score is not None and pd.notna(prior_score) and not candidate[score] < prior_score - margin
+    if no_gain:
+        return Decision(
+            False, f"does not beat its own prior baseline ({float(prior_score):.4f}) by more than {margin:g}", **base
+        )
     if champion is None:
         return Decision(True, "no champion yet", **base)
     base |= {"champion_run_id": champion["run_id"], "champion_score": float(champion[score])}

@@ -32,8 +32,10 @@ def publish_comparison_task(ranked: pd.DataFrame, experiment: str) -> None:
 
 
 @task(name="update-aliases", **RETRIES)
-def update_aliases_task(ranked: pd.DataFrame, model_name: str, tracking_uri: str) -> Decision | None:
-    decision = registry.update_aliases(ranked, model_name, tracking_uri)
+def update_aliases_task(
+    ranked: pd.DataFrame, model_name: str, tracking_uri: str, margin: float = 0.0
+) -> Decision | None:
+    decision = registry.update_aliases(ranked, model_name, tracking_uri, margin)
     message = decision.describe() if decision else "no ranked run has a serving model; registry unchanged"
     get_run_logger().info("%s: %s", model_name, message)
     return decision

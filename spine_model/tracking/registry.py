@@ -66,9 +66,12 @@ def alias_run_id(alias: str, name: str = MODEL_NAME, tracking_uri: str | None = 
         return None
 
 
-def update_aliases(ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None) -> Decision | None:
+def update_aliases(
+    ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None, margin: float = 0.0
+) -> Decision | None:
     """Register the candidate and the newest servable run; `challenger` -> newest, `champion` ->
-    the candidate if it wins.
+    the candidate if it wins: it beats its own prior baseline by more than `margin`, and the
+    champion (see compare.decide).
 
     The candidate is the best run validated on the champion's own studies (the best overall when
     none is, or there is no champion), so that a run which beats the champion where the scores
@@ -90,7 +93,7 @@ def update_aliases(ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: s
     best_version = register_version(best["run_id"], best["serving_model_uri"], name, tracking_uri)
     newest_version = register_version(newest["run_id"], newest["serving_model_uri"], name, tracking_uri)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, newest_version)
-    decision = decide(best, champion)
+    decision = decide(best, champion, margin=margin)
     if decision.promote:
         mlflow_client.set_registered_model_alias(name, CHAMPION, best_version)
     for key, value in {

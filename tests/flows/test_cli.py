@@ -103,3 +103,21 @@ def test_a_tracking_uri_with_credentials_is_refused(tiny_data):
     assert "must not hold credentials" in result.output and "secret" not in result.output.replace(
         "MLFLOW_TRACKING_PASSWORD", ""
     )
+
+
+def test_the_stack_follows_the_checkout_it_is_started_from(tmp_path):
+    from flows.stack import PROJECT_DIR, LocalStack, resolve_project_dir
+
+    other = tmp_path / "other-checkout"
+    other.mkdir()
+    (other / "prefect.yaml").write_text("name: spine-pipeline\n")
+    assert resolve_project_dir(cwd=other) == other.resolve()  # started there: that checkout
+    assert resolve_project_dir(cwd=tmp_path) == PROJECT_DIR  # no prefect.yaml here: the installed one
+    assert resolve_project_dir(other, cwd=tmp_path) == other.resolve()
+    stack = LocalStack(tmp_path / "state", resolve_project_dir(cwd=other))
+    assert stack.env()["SPINE_PROJECT_DIR"] == str(other.resolve())  # deployments resolve the code there
+
+    result = runner.invoke(app, ["stack", "--project-dir", str(tmp_path), "--state-dir", str(tmp_path / "s")])
+    assert result.exit_code == 1
+    assert "has no prefect.yaml" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()  # refused before anything started

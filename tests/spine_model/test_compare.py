@@ -80,3 +80,46 @@ def test_the_candidate_is_the_best_run_on_the_champions_own_studies():
     assert not decide(candidate(without, champion), champion).promote
     foreign = candidate(ranked[ranked["run_id"] == "elsewhere"], champion)
     assert "not comparable" in decide(foreign, champion).reason
+
+
+def test_a_run_that_does_not_beat_its_own_prior_is_never_promoted():
+    runs = _runs(
+        {"run_id": "useless", "val_competition_score": 4.81, "val_prior_score": 1.08, "start_time": 1},
+        {"run_id": "close", "val_competition_score": 1.05, "val_prior_score": 1.08, "start_time": 2},
+        {"run_id": "old", "val_competition_score": 1.5, "val_prior_score": 1.2, "start_time": 0},
+    ).set_index("run_id", drop=False)
+    first = decide(runs.loc["useless"], None)  # even with no champion yet
+    assert not first.promote and "does not beat its own prior baseline (1.0800)" in first.describe()
+    assert decide(runs.loc["close"], None).promote  # 1.05 < 1.08 with the default margin 0
+    assert not decide(runs.loc["close"], None, margin=0.05).promote
+    assert not decide(runs.loc["close"], runs.loc["old"].copy(), margin=0.05).promote  # before the champion test
+    assert decide(runs.loc["close"], None, prior=None, margin=1.0).promote  # no prior to weigh: the old rule
+
+
+def test_the_registry_keeps_a_useless_first_run_as_challenger_and_says_why(tmp_path):
+    import mlflow
+
+    from spine_model.tracking.registry import CHALLENGER, CHAMPION, alias_run_id, update_aliases
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+
+    class Constant(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input):
+            return model_input
+
+    rows = []
+    for name, score in (("useless", 4.81), ("useful", 0.9)):
+        with mlflow.start_run(run_name=name) as run:
+            info = mlflow.pyfunc.log_model(name="serving", python_model=Constant())
+        rows.append({"run_id": run.info.run_id, "val_competition_score": score, "val_prior_score": 1.08,
+                     "start_time": len(rows), "serving_model_uri": info.model_uri})  # fmt: skip
+        ranked = rank_runs(_runs(*rows))
+        decision = update_aliases(ranked, "gate-test", uri)
+        if name == "useless":  # the first run: no champion yet, and still none after it
+            assert not decision.promote and alias_run_id(CHAMPION, "gate-test", uri) is None
+    client = mlflow.MlflowClient(uri)
+    first = client.search_model_versions(f"name = 'gate-test' and run_id = '{rows[0]['run_id']}'")[0]
+    assert "does not beat its own prior baseline" in first.tags["champion_decision"]
+    assert decision.promote and alias_run_id(CHAMPION, "gate-test", uri) == rows[1]["run_id"]
+    assert alias_run_id(CHALLENGER, "gate-test", uri) == rows[1]["run_id"]
