@@ -18,7 +18,7 @@ DEMO_TRAIN ?= --model-family crops --crop-pooling channels --store-size 96 --cro
 	--lr 0.001 --batch-size 32 --augment --no-pretrained --num-workers 2 --val-fraction 0.2 \
 	--localiser-image-size 64 --localiser-epochs 4
 
-.PHONY: demo test test-fast lint bench bench-quality stack stack-pg postgres clean-outputs
+.PHONY: demo test test-fast lint bench bench-quality stack stack-pg postgres browser clean-outputs
 
 # The virtual environment, (re)made when missing or when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -32,7 +32,7 @@ demo: $(VENV)/.installed
 	$(BIN)/spine train $(DEMO_DATA) $(DEMO_TRAIN)
 	$(BIN)/spine predict $(DEMO_DATA) --out spine_outputs/submission.csv
 
-test: $(VENV)/.installed postgres
+test: $(VENV)/.installed postgres browser
 	$(BIN)/python -m pytest
 
 # PostgreSQL's server binaries (Debian's package), for the Postgres-backed stack and its test: installed
@@ -61,6 +61,15 @@ bench-quality: $(VENV)/.installed
 # Prefect server, MLflow server, cpu/gpu process workers and the deployments; Ctrl-C stops all.
 stack: $(VENV)/.installed
 	$(BIN)/spine stack
+
+# Headless Chromium and its driver (Debian's chromium, chromium-driver) for the browser test: installed
+# when missing and this is root with apt-get (as on CI); otherwise a note, and that test skips.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's chromium and chromium-driver ..." && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+	else echo "note: chromium is not installed (sudo apt-get install chromium chromium-driver); the browser test will skip"; fi
 
 # The same on PostgreSQL: a server of the stack's own in .stack/postgres backs Prefect and MLflow.
 stack-pg: $(VENV)/.installed postgres

@@ -139,16 +139,20 @@ def validate(
 def _with_model_options(model: type, positional: str):
     """Give a command one CLI option per field of a pydantic model (help = the field's description)."""
 
+    from flows.config import FORM_ORDER, section_of
+
     def decorate(func):
         parameters = []
-        for name, field in model.model_fields.items():
+        for name in FORM_ORDER:  # the run form's order, one help panel per section
+            field = model.model_fields[name]
             flag = "--" + name.replace("_", "-")
+            panel = {"rich_help_panel": section_of(name)}
             if name == positional:  # required, but for `--resume RUN_DIR` (checked by the command)
                 default = typer.Argument(None, help=field.description, show_default=False)
             elif field.annotation is bool:
-                default = typer.Option(field.default, f"{flag}/--no-{flag[2:]}", help=field.description)
+                default = typer.Option(field.default, f"{flag}/--no-{flag[2:]}", help=field.description, **panel)
             else:
-                default = typer.Option(field.default, flag, help=field.description)
+                default = typer.Option(field.default, flag, help=field.description, **panel)
             kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if name == positional else inspect.Parameter.KEYWORD_ONLY
             annotation = field.annotation | None if name == positional else field.annotation
             parameters.append(inspect.Parameter(name, kind, default=default, annotation=annotation))
@@ -343,6 +347,7 @@ def stack(
     import time
 
     from flows.stack import LocalStack, resolve_project_dir
+    from spine_model.tracking import MODEL_TRAINING_VIEW
 
     try:
         project = resolve_project_dir(project_dir)
@@ -374,7 +379,7 @@ def stack(
         if workers:
             local.start_workers()
         console.print(
-            f"\n[bold]Prefect UI[/]  {local.ui_url}\n[bold]MLflow UI[/]   {local.mlflow_url}\n"
+            f"\n[bold]Prefect UI[/]  {local.ui_url}\n[bold]MLflow UI[/]   {local.mlflow_url}/#/?{MODEL_TRAINING_VIEW}\n"
             f"logs in {local.state_dir / 'logs'}\n\nIn another shell:\n"
             f"  export PREFECT_API_URL={local.api_url} MLFLOW_TRACKING_URI={local.mlflow_url}\n"
             "  prefect deployment run train-pipeline/spine-pipeline\n\nCtrl-C stops the stack."

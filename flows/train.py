@@ -22,7 +22,7 @@ from prefect.client.orchestration import get_client
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 from prefect.states import Cancelling
 
 from flows.compare import compare_models
@@ -45,7 +45,7 @@ from tasks.tracking import (
     set_tags_task,
     start_run_task,
 )
-from tasks.training import evaluate_localiser_task, evaluate_task, load_run_task, train_task
+from tasks.training import TrainingWatch, evaluate_localiser_task, evaluate_task, load_run_task, train_task
 
 
 @flow(name="train-on-gpu", log_prints=True)
@@ -77,9 +77,10 @@ def _tag_child(request: TrainRequest) -> None:
     set_tags_task(request.mlflow_run_id, tags, request.tracking_uri)
 
 
-def _dispatch_to_work_pool(jobs: list[tuple[TrainRequest, str]], config: PipelineConfig) -> None:
-    """Start every (request, deployment) on the work pool at once, wait for all, and fail clearly if
-    any fails, is missing or outlasts the timeout."""
+def _dispatch_to_work_pool(jobs: list[tuple[TrainRequest, str]], config: PipelineConfig) -> dict[str, str]:
+    """Start every (request, deployment) on the work pool at once, wait for all (showing their epochs
+    on this flow run), and fail clearly if any fails, is missing or outlasts the timeout. Returns a
+    link to each child flow run, by label."""
     children = []
     for request, deployment_name in jobs:
         try:
@@ -99,7 +100,9 @@ def _dispatch_to_work_pool(jobs: list[tuple[TrainRequest, str]], config: Pipelin
                 "with `spine stack` (or `prefect deploy` as prefect.yaml's header says), "
                 "or train in-process with dispatch='local'"
             ) from None
-    finished = _wait_for(children, config.dispatch_timeout_s)
+    watch = TrainingWatch({_label(request): request.run_dir for request, _ in jobs})
+    finished = _wait_for(children, config.dispatch_timeout_s, on_poll=watch.poll)
+    watch.poll()  # the last epochs
     failures = [
         f"{run.name} ({run.id}) of deployment {deployment_name}: "
         + (run.state.name if run.state else "no state")
@@ -115,6 +118,17 @@ def _dispatch_to_work_pool(jobs: list[tuple[TrainRequest, str]], config: Pipelin
         raise RuntimeError(
             f"training flow run(s) did not complete: {'; '.join(failures)}; see their logs in the Prefect UI"
         )
+    return {_label(request): _ui_link(run) for run, (request, _) in zip(finished, jobs, strict=True)}
+
+
+def _label(request: TrainRequest) -> str:
+    return "localiser" if Path(request.run_dir).name == "localiser" else "classifier"
+
+
+def _ui_link(run) -> str:
+    """A flow run's page in the Prefect UI (its id where no UI address is known)."""
+    base = PREFECT_UI_URL.value()
+    return f"[{run.name}]({base.rstrip('/')}/runs/flow-run/{run.id})" if base else f"`{run.name}` ({run.id})"
 
 
 def _cancel(flow_runs: list) -> None:
@@ -126,14 +140,16 @@ def _cancel(flow_runs: list) -> None:
             )
 
 
-def _wait_for(flow_runs: list, timeout_s: float, poll_s: float = 5.0) -> list:
-    """The flow runs, read again until all are final or the timeout passes."""
+def _wait_for(flow_runs: list, timeout_s: float, poll_s: float = 5.0, on_poll=None) -> list:
+    """The flow runs, read again until all are final or the timeout passes (`on_poll` at each look)."""
     deadline = time.monotonic() + timeout_s
     with get_client(sync_client=True) as client:
         while True:
             current = [client.read_flow_run(run.id) for run in flow_runs]
             if all(run.state is not None and run.state.is_final() for run in current) or time.monotonic() > deadline:
                 return current
+            if on_poll is not None:
+                on_poll()
             time.sleep(poll_s)
 
 
@@ -277,12 +293,13 @@ def _train_and_finish(pipeline: PipelineRun, inputs: RunInputs, resume: bool) ->
             resume=resume,
         )  # fmt: skip
         jobs.append((request, train_localiser))
+    children = {}
     if config.dispatch == "local":
         for request, child in jobs:
             child(request)
     else:
         deployments = {train_on_gpu: config.gpu_deployment, train_localiser: config.localiser_deployment}
-        _dispatch_to_work_pool([(request, deployments[child]) for request, child in jobs], config)
+        children = _dispatch_to_work_pool([(request, deployments[child]) for request, child in jobs], config)
 
     localiser_checkpoint = pipeline.localiser_checkpoint
     if pipeline.mode == "train":
@@ -295,7 +312,7 @@ def _train_and_finish(pipeline: PipelineRun, inputs: RunInputs, resume: bool) ->
     metrics = read_metrics(run_dir)
     publish_summary_task(
         run_dir, tracking.run_link(run_id, tracking_uri), read_model_uris(run_dir),
-        str(folder.localiser.root) if pipeline.mode == "train" else None,
+        str(folder.localiser.root) if pipeline.mode == "train" else None, children,
     )  # fmt: skip
     end_run_task(run_id, "FINISHED", tracking_uri)
     return {**metrics, "mlflow_run_id": run_id, "run_dir": run_dir}

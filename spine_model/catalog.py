@@ -91,7 +91,7 @@ class RunFolder:
     history = property(lambda self: self.root / "history.csv")
     curves = property(lambda self: self.root / "training_curves.png")
     fit_summary = property(lambda self: self.root / "fit.json")
-    epochs_log = property(lambda self: self.root / "epochs.jsonl")  # rank 0's epochs, for the launcher
+    epochs_log = property(lambda self: self.root / "epochs.jsonl")  # one line per epoch, for whoever waits
     distributed_log = property(lambda self: self.root / "distributed.log")  # torchrun's processes' output
     pipeline_state = property(lambda self: self.root / "pipeline.json")  # what `spine train --resume` goes on with
     pending_metrics = property(lambda self: self.root / "pending_metrics.jsonl")  # not yet taken by MLflow

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -141,7 +141,7 @@ def launch(
     log.info("training %s on %s", folder.root, check_devices(processes))
     if not resume:
         folder.epochs_log.unlink(missing_ok=True)
-    seen = len(_epoch_lines(folder.epochs_log))
+    seen = len(epoch_lines(folder.epochs_log))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     with open(folder.distributed_log, "ab") as output:
         process = subprocess.Popen(
@@ -151,7 +151,7 @@ def launch(
         try:
             while True:
                 done = process.poll() is not None
-                lines = _epoch_lines(folder.epochs_log)
+                lines = epoch_lines(folder.epochs_log)
                 for line in lines[seen:]:
                     if on_epoch_end is not None:
                         on_epoch_end(EpochStats(**json.loads(line)))
@@ -171,8 +171,8 @@ def launch(
     return json.loads(folder.fit_summary.read_text())
 
 
-def _epoch_lines(path: Path) -> list[str]:
-    """Complete lines only: rank 0 may be writing the next one."""
+def epoch_lines(path: Path) -> list[str]:
+    """The lines of a run folder's epochs.jsonl, complete lines only (the trainer may be writing one)."""
     if not path.is_file():
         return []
     text = path.read_text()
@@ -194,14 +194,8 @@ def main(argv: list[str] | None = None) -> int:
 
     init(world)
     try:
-        run = RunInputs.load(args.run_dir)
-        epochs_log = run.folder.epochs_log
-
-        def report(stats) -> None:  # rank 0 only (see fit)
-            with open(epochs_log, "a") as handle:
-                handle.write(json.dumps(asdict(stats)) + "\n")
-
-        train_step(run, report, progress=False, resume=args.resume, world=world)
+        # Rank 0's train_step writes one line per epoch to the run folder's epochs.jsonl, which `launch` reads.
+        train_step(RunInputs.load(args.run_dir), progress=False, resume=args.resume, world=world)
         dist.barrier()
     except TrainingDiverged as error:
         log.error("TrainingDiverged: %s", error)

@@ -224,8 +224,19 @@ def train_step(
     several training processes (`world`), only rank 0 writes.
     """
     folder = run.folder
+    if world.main and not resume:
+        folder.epochs_log.unlink(missing_ok=True)
+
+    def report(stats: EpochStats) -> None:
+        """One line per epoch in the run folder (fit calls this on rank 0 only): whoever waits for the
+        training, a parent flow on another machine or torchrun's launcher, reads it."""
+        with open(folder.epochs_log, "a") as handle:
+            handle.write(json.dumps(dataclasses.asdict(stats)) + "\n")
+        if on_epoch_end is not None:
+            on_epoch_end(stats)
+
     _, result = train_model(
-        run.points, run.record.split, run.store, run.record.config, folder.checkpoints, on_epoch_end, progress,
+        run.points, run.record.split, run.store, run.record.config, folder.checkpoints, report, progress,
         resume=resume, world=world,
     )  # fmt: skip
     if not world.main:

@@ -10,10 +10,14 @@ from spine_model.catalog import RunFolder
 
 @task(name="publish-summary")
 def publish_summary_task(
-    run_dir: str, mlflow_link: str, model_uris: dict[str, str] | None = None, localiser_dir: str | None = None
+    run_dir: str,
+    mlflow_link: str,
+    model_uris: dict[str, str] | None = None,
+    localiser_dir: str | None = None,
+    children: dict[str, str] | None = None,
 ) -> str:
     """A Markdown artifact with scores, prior baseline, per-condition table, the localiser's table
-    when one was trained, and where to look next."""
+    when one was trained, the flow runs that trained (`children`: label -> link) and where to look next."""
     folder = RunFolder(run_dir)
     summary = folder.evaluation_files()["summary_markdown"].read_text()
     if localiser_dir is not None:
@@ -22,6 +26,7 @@ def publish_summary_task(
     markdown = (
         f"# Spine training run `{folder.name}`\n\n{summary}\n\n"
         f"**MLflow:** {mlflow_link}\n\n**Run folder:** `{run_dir}`\n"
+        + "".join(f"\n**Trained by ({label}):** {link}\n" for label, link in (children or {}).items())
         + "".join(f"\n**{name}:** `{uri}`\n" for name, uri in (model_uris or {}).items())
     )
     create_markdown_artifact(markdown, key="spine-training-summary", description="validation scores")

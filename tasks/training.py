@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import sys
 
 from prefect import get_run_logger, task
@@ -11,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
 from spine_model import distributed, tracking
+from spine_model.catalog import RunFolder, RunRecord
 from spine_model.steps import RunInputs, evaluate_localiser_step, evaluate_step, train_step
 from spine_model.train import EpochStats, saved_epoch
 from tasks.retry import unless_bad_data
@@ -61,6 +63,36 @@ def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str, resume: bo
     result = train_step(run, on_epoch_end, progress=sys.stderr.isatty(), resume=resume)
     flush_metrics_task(buffer)
     return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}
+
+
+class TrainingWatch:
+    """What a flow that dispatched training to other machines shows while it waits: one progress
+    artifact per run folder (epochs done, the last validation loss), read from its epochs.jsonl, and
+    a log line per epoch. Shared run folders are what both sides see (see README)."""
+
+    def __init__(self, run_dirs: dict[str, str]) -> None:  # label -> run folder
+        self.runs = []
+        for label, run_dir in run_dirs.items():
+            config = RunRecord.load(run_dir).config
+            key = "spine-localiser-progress" if config.model_family == "localiser" else "spine-training-progress"
+            artifact = create_progress_artifact(0.0, key=key, description=f"{label}: waiting for its GPU flow run")
+            self.runs.append({"label": label, "folder": RunFolder(run_dir), "epochs": config.epochs,
+                              "artifact": artifact, "seen": 0})  # fmt: skip
+
+    def poll(self) -> None:
+        for run in self.runs:
+            lines = distributed.epoch_lines(run["folder"].epochs_log)
+            if len(lines) == run["seen"]:
+                continue
+            for line in lines[run["seen"] :]:
+                stats = EpochStats(**json.loads(line))
+                get_run_logger().info(
+                    "%s: epoch %d/%d, train loss %.4g, validation loss %.4g",
+                    run["label"], stats.epoch, run["epochs"], stats.train_loss, stats.val_loss,
+                )  # fmt: skip
+            run["seen"] = len(lines)
+            done = f"{run['label']}: epoch {stats.epoch}/{run['epochs']}, validation loss {stats.val_loss:.4f}"
+            update_progress_artifact(run["artifact"], 100.0 * stats.epoch / run["epochs"], description=done)
 
 
 @task(name="send-pending-metrics", cache_policy=NO_CACHE, retries=10, retry_delay_seconds=30)

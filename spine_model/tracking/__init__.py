@@ -190,12 +190,23 @@ def log_pytorch_model(model, example_inputs: Mapping[str, np.ndarray], name: str
     return info.model_uri
 
 
+# MLflow 3's UI opens an experiment in its GenAI view unless the address asks for the model-training
+# one (the `mlflow.experimentKind` tag is not read while the UI's GenAI / Model training switch is
+# shown); the run's "Model metrics" tab charts every logged metric against its step (the epoch).
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_link(experiment_id: str, tracking_uri: str) -> str:
+    """An experiment's runs table in MLflow's model-training view."""
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}"
+
+
 def run_link(run_id: str, tracking_uri: str | None = None) -> str:
     """Where a person opens the run: a URL for a server, else the `mlflow ui` command to start one."""
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith(("http://", "https://")):
         experiment_id = client(uri).get_run(run_id).info.experiment_id
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?{MODEL_TRAINING_VIEW}"
     return f"run `mlflow ui --backend-store-uri {uri}` and open run {run_id}"
 
 

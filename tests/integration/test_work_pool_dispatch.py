@@ -11,62 +11,26 @@ without root to install it, the stack falls back to sqlite and only the PostgreS
 
 from __future__ import annotations
 
-import os
-import tempfile
-import warnings
-
 import mlflow
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterParentFlowRunId,
+)
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.config import PipelineConfig
-from flows.postgres import LocalPostgres, PostgresUnavailable
-from flows.stack import LocalStack, free_port
 from spine_model.catalog import Workspace
 from tests.conftest import TINY_TRAIN
 from tests.helpers import assert_complete_mlflow_run
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    """A PostgreSQL server of the test's own (None, with a warning, where none can be had)."""
-    try:
-        # Under /tmp: as root the server runs as `postgres`, which cannot enter pytest's root-only folders.
-        server = LocalPostgres(tempfile.mkdtemp(prefix="spine-pg-"))
-    except PostgresUnavailable as error:
-        if os.geteuid() == 0:  # root could have installed it (`make test` does): on CI this must run
-            raise
-        warnings.warn(f"{error}; the stack runs on sqlite", stacklevel=1)
-        yield None
-        return
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(postgres, tmp_path_factory):
-    backends = {}
-    if postgres is not None:
-        backends = {
-            "prefect_database_url": postgres.url("prefect", "asyncpg"),
-            "mlflow_backend_uri": postgres.url("mlflow", "psycopg2"),
-        }
-    local = LocalStack(
-        tmp_path_factory.mktemp("stack"), prefect_port=free_port(), mlflow_port=free_port(), worker_poll_s=2,
-        **backends,
-    )  # fmt: skip
-    try:
-        local.start()
-        yield local
-    finally:
-        local.stop()
 
 
 @pytest.fixture(scope="module")
@@ -79,21 +43,27 @@ def dispatched(stack, tiny_data, tmp_path_factory):
     )  # fmt: skip
     with temporary_settings({PREFECT_API_URL: stack.api_url}):
         parent = run_deployment(
-            "train-pipeline/spine-pipeline", parameters={"config": config.model_dump(mode="json")},
+            "train-pipeline/spine-pipeline", parameters={"config": config.model_dump(mode="json", exclude_none=True)},
             timeout=900, as_subflow=False,
         )  # fmt: skip
         assert parent.state.is_completed(), f"{parent.state}; logs in {stack.state_dir / 'logs'}"
         assert parent.work_pool_name == "cpu"
         with get_client(sync_client=True) as client:
+            of_parent = FlowRunFilter(parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[parent.id]))
             children, localisers = (
-                client.read_flow_runs(deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])))
+                client.read_flow_runs(
+                    flow_run_filter=of_parent,
+                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[name])),
+                )
                 for name in ("spine-train-gpu", "spine-localiser-gpu")
             )
-    return config, parent, children, localisers
+            on_parent = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[parent.id]))
+            artifacts = {a.key: a for a in client.read_artifacts(artifact_filter=on_parent) if a.key}
+    return config, parent, children, localisers, artifacts
 
 
 def test_pipeline_dispatches_training_to_the_gpu_pool(stack, dispatched):
-    config, parent, children, localisers = dispatched
+    config, parent, children, localisers, _ = dispatched
     assert len(children) == 1 and len(localisers) == 1, stack.dead()
     child = children[0]
     for started in (child, localisers[0]):  # classifier and localiser, side by side on the gpu pool
@@ -124,7 +94,7 @@ def test_pipeline_dispatches_training_to_the_gpu_pool(stack, dispatched):
 def test_the_runs_and_the_registry_are_in_postgres(postgres, stack, dispatched):
     if postgres is None:
         pytest.skip("no PostgreSQL server binaries here and not root to install them (`make postgres`)")
-    config, parent, children, _ = dispatched
+    config, parent, children, *_ = dispatched
     # Prefect's own tables: the parent and the child flow runs, completed.
     states = dict(postgres.query("prefect", "SELECT id::text, state_type FROM flow_run"))
     assert states[str(parent.id)] == "COMPLETED" and states[str(children[0].id)] == "COMPLETED"
@@ -143,3 +113,16 @@ def test_the_runs_and_the_registry_are_in_postgres(postgres, stack, dispatched):
     assert any(name == config.model_name and run_id in dict(runs) for name, _, run_id in versions), versions
     champions = postgres.query("mlflow", "SELECT name FROM registered_model_aliases WHERE alias = 'champion'")
     assert (config.model_name,) in champions, champions
+
+
+def test_the_run_a_person_started_shows_the_training_progress_and_links_the_children(dispatched):
+    """Training ran as child flow runs on the gpu pool; the parent shows their epochs and summary."""
+    config, parent, children, localisers, artifacts = dispatched
+    progress = artifacts["spine-training-progress"]
+    assert progress.type == "progress" and float(progress.data) == 100.0
+    assert progress.description.startswith(f"classifier: epoch {config.epochs}/{config.epochs}, validation loss")
+    assert float(artifacts["spine-localiser-progress"].data) == 100.0
+    summary = artifacts["spine-training-summary"].data
+    assert "prior" in summary.lower() and "**MLflow:**" in summary
+    assert f"**Trained by (classifier):** [{children[0].name}]" in summary and str(children[0].id) in summary
+    assert str(localisers[0].id) in summary

@@ -1,0 +1,51 @@
+"""The stack the integration tests share: PostgreSQL, a Prefect and an MLflow server on it, workers."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import warnings
+
+import pytest
+
+from flows.postgres import LocalPostgres, PostgresUnavailable
+from flows.stack import LocalStack, free_port
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A PostgreSQL server of the test's own (None, with a warning, where none can be had)."""
+    try:
+        # Under /tmp: as root the server runs as `postgres`, which cannot enter pytest's root-only folders.
+        server = LocalPostgres(tempfile.mkdtemp(prefix="spine-pg-"))
+    except PostgresUnavailable as error:
+        if os.geteuid() == 0:  # root could have installed it (`make test` does): on CI this must run
+            raise
+        warnings.warn(f"{error}; the stack runs on sqlite", stacklevel=1)
+        yield None
+        return
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(postgres, tmp_path_factory):
+    """Prefect and MLflow servers on PostgreSQL (sqlite without it), cpu and gpu process workers, the
+    deployments: one for the session, shared by the dispatch test and the browser test."""
+    backends = {}
+    if postgres is not None:
+        backends = {
+            "prefect_database_url": postgres.url("prefect", "asyncpg"),
+            "mlflow_backend_uri": postgres.url("mlflow", "psycopg2"),
+        }
+    local = LocalStack(
+        tmp_path_factory.mktemp("stack"), prefect_port=free_port(), mlflow_port=free_port(), worker_poll_s=2,
+        **backends,
+    )  # fmt: skip
+    try:
+        local.start()
+        yield local
+    finally:
+        local.stop()
