@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -65,6 +66,24 @@ def init(world: World) -> None:
         dist.init_process_group("nccl")
     else:
         dist.init_process_group("gloo")
+
+
+def leave(status: int = 0) -> NoReturn:
+    """End this training process: leave the process group in step with the others (a barrier, then
+    destroy it), flush the output, and exit with `status` without the interpreter's teardown.
+
+    Why not a plain return: DDP's reducer stays alive through the hooks it put on the model's
+    parameters, and destroying it with gloo's threads during interpreter finalisation aborts one
+    process now and then ("terminate called without an active exception", SIGABRT) after all its
+    work is done and written. Exiting here skips that teardown; the files are already closed.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def active() -> bool:
@@ -182,7 +201,7 @@ def epoch_lines(path: Path) -> list[str]:
 # --- one training process (torchrun's side) --------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     parser = argparse.ArgumentParser(description="One of torchrun's training processes for a run folder.")
     parser.add_argument("run_dir", help="run folder written by the pipeline's prepare step")
     parser.add_argument("--resume", action="store_true", help="go on from the run folder's state.pt")
@@ -193,17 +212,17 @@ def main(argv: list[str] | None = None) -> int:
     from spine_model.train import TrainingDiverged
 
     init(world)
+    status = 0
     try:
         # Rank 0's train_step writes one line per epoch to the run folder's epochs.jsonl, which `launch` reads.
         train_step(RunInputs.load(args.run_dir), progress=False, resume=args.resume, world=world)
-        dist.barrier()
-    except TrainingDiverged as error:
+    except TrainingDiverged as error:  # every process sees the same summed loss: all stop here together
         log.error("TrainingDiverged: %s", error)
-        return DIVERGED_EXIT
-    finally:
-        dist.destroy_process_group()
-    return 0
+        status = DIVERGED_EXIT
+    # Any other failure propagates without the barrier (the others may never reach it); torchrun then
+    # stops every process.
+    leave(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -55,10 +55,29 @@ def artifact_location(tracking_uri: str | None = None) -> str | None:
     return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts").as_uri()
 
 
+_READY_STORES: set[str] = set()  # sqlite stores this process has opened (their schema exists)
+
+
 def client(tracking_uri: str | None = None):
+    """An MlflowClient for the URI. A local sqlite store is opened first under a file lock beside it:
+    MLflow creates and migrates the schema of a new store on first use, and two processes doing that
+    at once crash ("table ... already exists"): a scheduled run and a UI run, or folds started together
+    on a new workdir."""
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri)
+    if not uri.startswith("sqlite:///") or uri in _READY_STORES:
+        return mlflow.MlflowClient(tracking_uri=uri)
+    from filelock import FileLock
+
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{database}.lock", timeout=600):
+        mlflow_client = mlflow.MlflowClient(tracking_uri=uri)
+        mlflow_client.search_experiments(max_results=1)  # the tracking store: schema created or migrated
+        mlflow_client.search_registered_models(max_results=1)  # the registry's store over the same file
+    _READY_STORES.add(uri)
+    return mlflow_client
 
 
 def start_run(
@@ -69,20 +88,36 @@ def start_run(
 ) -> str:
     """Create a run in `experiment` (created if missing); returns the run id."""
     mlflow_client = client(tracking_uri)
+    run = mlflow_client.create_run(experiment_id(experiment, tracking_uri), run_name=run_name, tags=dict(tags or {}))
+    return run.info.run_id
+
+
+def experiment_id(experiment: str, tracking_uri: str | None = None) -> str:
+    """The experiment's id, created when missing (by whichever of several processes gets there first)."""
+    from mlflow.exceptions import MlflowException
+
+    mlflow_client = client(tracking_uri)
     found = mlflow_client.get_experiment_by_name(experiment)
-    experiment_id = (
-        found.experiment_id
-        if found
-        else mlflow_client.create_experiment(
+    if found is not None:
+        return found.experiment_id
+    try:
+        return mlflow_client.create_experiment(
             experiment, artifact_location=artifact_location(tracking_uri), tags=EXPERIMENT_TAGS
         )
-    )
-    run = mlflow_client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
-    return run.info.run_id
+    except MlflowException:  # created by another process since the look-up
+        found = mlflow_client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def end_run(run_id: str, status: str = "FINISHED", tracking_uri: str | None = None) -> None:
     client(tracking_uri).set_terminated(run_id, status=status)
+
+
+def run_status(run_id: str, tracking_uri: str | None = None) -> str:
+    """RUNNING, FINISHED, FAILED, KILLED or SCHEDULED."""
+    return client(tracking_uri).get_run(run_id).info.status
 
 
 def reopen_run(run_id: str, tracking_uri: str | None = None) -> None:

@@ -66,13 +66,15 @@ def test_two_processes_take_the_same_steps_and_reach_a_loss_close_to_one_process
     two = pd.read_csv(double.folder.history)
 
     assert [stats.epoch for stats in reported] == [1, 2]  # rank 0's epochs, once each
-    assert summary["best_epoch"] in (1, 2)
+    best = two.loc[two["val_loss"].idxmin()]  # the epoch of the lowest validation loss, whichever it is
+    assert summary["best_epoch"] == int(best["epoch"]) and summary["best_val_loss"] == pytest.approx(best["val_loss"])
     assert _steps(double) == _steps(single) > 0
     assert len(two) == len(one) == 2
     # The same global batches (process r takes every second item of each epoch's permutation) and the
     # same gradient (test below); on the CPU, BatchNorm's statistics are each process's own half
-    # batch (SyncBatchNorm needs a GPU), and on 12 studies that is what moves the later losses.
-    assert two["train_loss"].iloc[0] == pytest.approx(one["train_loss"].iloc[0], rel=0.05)
+    # batch (SyncBatchNorm needs a GPU), and on 12 studies that is what moves the losses: the first
+    # epoch's mean is 8 % apart here (1.32 against 1.22, with one intra-op thread).
+    assert two["train_loss"].iloc[0] == pytest.approx(one["train_loss"].iloc[0], rel=0.12)
     assert two["train_loss"].iloc[-1] == pytest.approx(one["train_loss"].iloc[-1], rel=0.2)
     assert two["val_loss"].map(math.isfinite).all()
     assert reported[-1].val_loss == pytest.approx(two["val_loss"].iloc[-1])
@@ -103,7 +105,9 @@ def test_a_stopped_multi_process_run_resumes_where_it_stopped(prepare, double):
     assert _steps(stopped) == _steps(whole)
     resumed, uninterrupted = (pd.read_csv(run.folder.history) for run in (stopped, whole))
     assert resumed["val_loss"].tolist() == pytest.approx(uninterrupted["val_loss"].tolist(), rel=1e-4)
-    assert json.loads(stopped.folder.fit_summary.read_text())["best_epoch"] in (1, 2)
+    fit = json.loads(stopped.folder.fit_summary.read_text())
+    best = resumed.loc[resumed["val_loss"].idxmin()]  # over both epochs, the one before the stop included
+    assert fit["best_epoch"] == int(best["epoch"]) and fit["best_val_loss"] == pytest.approx(best["val_loss"])
 
 
 def test_a_failing_process_is_reported_with_its_log(prepare, monkeypatch):
@@ -157,7 +161,7 @@ GRADIENT = textwrap.dedent(
             torch.testing.assert_close(a.grad, b.grad)
         assert total.item() == 3.0
         print("same gradient", flush=True)
-    dist.destroy_process_group()
+    distributed.leave()  # in step with the other process, and without the interpreter's teardown
     """
 )
 

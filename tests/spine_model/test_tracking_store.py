@@ -1,0 +1,51 @@
+"""A new sqlite tracking store that several processes open at once (a scheduled run and a UI run, or
+folds started together): its schema is created once, under a lock, and every process's run lands."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import mlflow
+
+# Each process waits for the same moment, then creates a run on the new store and ends it.
+START_RUN = textwrap.dedent(
+    """
+    import sys, time
+    from spine_model import tracking
+
+    uri, name, start_at = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    time.sleep(max(0.0, start_at - time.time()))
+    run_id = tracking.start_run("concurrent", name, tracking_uri=uri)
+    tracking.log_metrics(run_id, {"x": 1.0}, tracking_uri=uri)
+    tracking.end_run(run_id, "FINISHED", uri)
+    print("finished", run_id)
+    """
+)
+
+
+def test_three_processes_create_a_new_sqlite_store_at_once(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    start_at = time.time() + 8  # after the three interpreters have imported MLflow
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", START_RUN, uri, f"run-{n}", str(start_at)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for n in range(3)
+    ]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("concurrent").experiment_id])
+    assert sorted(run.info.run_name for run in runs) == ["run-0", "run-1", "run-2"]
+    assert {run.info.status for run in runs} == {"FINISHED"}
