@@ -10,6 +10,8 @@ from typing import TypeVar
 
 from tqdm.auto import tqdm
 
+from spine_model.interrupts import ignore_in_helper
+
 Job = TypeVar("Job")
 Result = TypeVar("Result")
 
@@ -25,8 +27,11 @@ def parallel_map(
 ) -> Iterator[Result]:
     """fn over jobs, in order; in-process when there are few jobs (a pool costs more than it saves).
 
-    Processes are forked where possible: spawn would re-import the caller's __main__, which breaks
-    plain scripts; the jobs here touch only numpy, PIL and pydicom, never CUDA.
+    Workers start from a fork server (spawn where there is none), never by forking this process:
+    it runs Prefect's and torch's threads, and a fork taken while one of them holds a lock can
+    deadlock the child. `fn` and the jobs must therefore be picklable (module-level functions).
+    Workers ignore Ctrl-C and SIGTERM (their parent stops them); when this process is interrupted
+    or `fn` fails, the jobs not yet started are cancelled rather than run to the end.
     """
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs) // min_jobs_per_worker or 1))
     with tqdm(total=len(jobs), desc=desc, unit=unit, disable=not progress) as bar:
@@ -36,9 +41,14 @@ def parallel_map(
                 bar.update()
             return
         methods = multiprocessing.get_all_start_methods()
-        context = multiprocessing.get_context("fork" if "fork" in methods else None)
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        pool = ProcessPoolExecutor(workers, mp_context=context, initializer=ignore_in_helper)
+        try:
             chunksize = max(1, min(16, len(jobs) // (4 * workers)))  # small chunks keep every worker busy
             for result in pool.map(fn, jobs, chunksize=chunksize):
                 yield result
                 bar.update()
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)

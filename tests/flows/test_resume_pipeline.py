@@ -1,5 +1,6 @@
-"""`spine train` killed mid-training, then `spine train --resume RUN_DIR`: the same run folder and
-MLflow run go on from the next epoch, every epoch's metrics logged once, and the run finishes."""
+"""`spine train` killed mid-training (kill -9), then `spine train --resume RUN_DIR`: the run's guard
+marks the MLflow run KILLED and the flow run Crashed, and the same run folder and MLflow run go on
+from the next epoch, every epoch's metrics logged once, and the run finishes."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import mlflow
 import torch
+from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
@@ -49,9 +51,21 @@ def test_a_killed_pipeline_resumes_in_its_run_folder_and_mlflow_run(prefect_harn
     done = int(torch.load(state, weights_only=True)["epoch"])
     assert 1 <= done < EPOCHS
 
+    # Killed outright (kill -9): nothing in the process could end the run; its guard did.
     client = mlflow.MlflowClient(tracking_uri)
     (run,) = client.search_runs(client.get_experiment_by_name("rsna-lumbar-spine").experiment_id)
-    assert run.info.status == "RUNNING"  # killed: nothing could end it
+    deadline = time.monotonic() + 60
+    while client.get_run(run.info.run_id).info.status == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run = client.get_run(run.info.run_id)
+    assert run.info.status == "KILLED" and run.data.tags["stopped_at_epoch"] == str(done)
+    with get_client(sync_client=True) as prefect:  # the flow run next (MLflow comes first)
+        while time.monotonic() < deadline:
+            parent = prefect.read_flow_run(run.data.tags["prefect.flow_run_id"])
+            if parent.state.is_final():
+                break
+            time.sleep(0.2)
+    assert parent.state.is_crashed() and f"spine train --resume {run_dir}" in parent.state.message
 
     result = CliRunner().invoke(app, ["train", "--resume", str(run_dir)])
     assert result.exit_code == 0, result.output

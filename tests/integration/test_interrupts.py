@@ -1,0 +1,181 @@
+"""A training run stopped from outside ends within seconds and says how to go on.
+
+- Ctrl-C at a terminal (SIGINT to the whole process group: `spine train`, its loader workers and
+  the temporary Prefect server), and SIGTERM to the group as a process supervisor sends it: exit
+  status 130 / 143, no retry, the last checkpoint kept, the MLflow run KILLED with the epoch
+  reached, the Prefect flow runs Crashed, a line saying how to resume, no process left behind.
+- A Prefect process worker told to stop while its flow run trains (it kills the flow run's
+  process outright): the run's guard marks the MLflow run KILLED and the flow run Crashed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL
+
+from flows.config import PipelineConfig
+from flows.train import train_pipeline
+from spine_model.catalog import RunFolder
+from spine_model.train import training_state_file
+from tests.conftest import TINY_TRAIN
+from tests.helpers import cli_options
+
+pytestmark = pytest.mark.integration
+
+PROJECT = Path(__file__).resolve().parents[2]
+# Enough epochs that the run is still training when the signal comes; loader workers in play.
+SETTINGS = {
+    **TINY_TRAIN, "model_family": "crops", "epochs": 50, "num_workers": 2, "localiser": "off",
+    "validate_first": False, "compare_after": False,
+}  # fmt: skip
+
+
+def _wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"exited with {process.returncode} before {what}: {process.stdout.read()[-3000:]}")
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s:.0f} s"
+        time.sleep(0.2)
+
+
+def _train_in_own_session(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, Path, str]:
+    """`spine train` as a terminal runs it: the leader of its own process group."""
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["train", str(env.pop("DATA")), "--workdir", str(tmp_path / "out"), "--tracking-uri", tracking_uri,
+            "--run-name", "stopped", *cli_options(SETTINGS)]  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**env, "PYTHONPATH": str(PROJECT)}, start_new_session=True,
+    )  # fmt: skip
+    run_dir = tmp_path / "out" / "runs" / "stopped"
+    _wait_for(training_state_file(RunFolder(run_dir).checkpoints).is_file, 600, "training state", process)
+    return process, run_dir, tracking_uri
+
+
+def _group_is_empty(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _stop_group(process: subprocess.Popen, signum: int) -> tuple[int, str, float]:
+    """Signal the process group; (exit status, output, seconds until the process ended)."""
+    os.killpg(process.pid, signum)
+    started = time.monotonic()
+    try:
+        output = process.communicate(timeout=60)[0]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    return process.returncode, output, time.monotonic() - started
+
+
+def _assert_killed_at_its_last_epoch(tracking_uri: str, run_dir: Path, stopped_by: str) -> None:
+    saved = int(torch.load(training_state_file(RunFolder(run_dir).checkpoints), weights_only=True)["epoch"])
+    assert 1 <= saved < SETTINGS["epochs"]
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs(client.get_experiment_by_name("rsna-lumbar-spine").experiment_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags["stopped_at_epoch"] == str(saved)
+    assert stopped_by in run.data.tags["stopped_by"]
+    assert run.data.tags["resume_command"] == f"spine train --resume {run_dir}"
+    assert (RunFolder(run_dir).checkpoints / "last.pt").is_file()
+
+
+def test_ctrl_c_stops_the_run_with_its_temporary_prefect_server_alive_to_hear_it(tiny_data, tmp_path):
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "DATA": str(tiny_data)}
+    env.pop("PREFECT_API_URL", None)  # the temporary server `spine train` starts for itself
+    process, run_dir, tracking_uri = _train_in_own_session(tmp_path, env)
+    status, output, seconds = _stop_group(process, signal.SIGINT)
+
+    assert status == 130, output[-3000:]
+    assert seconds < 30, output[-3000:]
+    assert f"resume with: spine train --resume {run_dir}" in output
+    assert "resuming" not in output and "Retry" not in output  # an interrupt is not retried
+    _assert_killed_at_its_last_epoch(tracking_uri, run_dir, "SIGINT")
+    # The temporary server heard how the runs ended (its database), then stopped with the command.
+    database = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
+    states = dict(database.execute("SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id"))
+    assert states == {"train-pipeline": "CRASHED", "train-on-gpu": "CRASHED"}, states
+    port = output.split("Starting temporary server on http://127.0.0.1:")[1].split()[0]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2)
+    _wait_for(lambda: _group_is_empty(process.pid), 15, "end of the loader workers")
+
+
+def test_sigterm_to_the_process_group_stops_the_run(prefect_harness, tiny_data, tmp_path):
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "DATA": str(tiny_data)}
+    process, run_dir, tracking_uri = _train_in_own_session(tmp_path, env)
+    status, output, seconds = _stop_group(process, signal.SIGTERM)
+
+    assert status == 143, output[-3000:]
+    assert seconds < 30, output[-3000:]
+    assert f"resume with: spine train --resume {run_dir}" in output
+    _assert_killed_at_its_last_epoch(tracking_uri, run_dir, "SIGTERM")
+    client = mlflow.MlflowClient(tracking_uri)
+    (run,) = client.search_runs(client.get_experiment_by_name("rsna-lumbar-spine").experiment_id)
+    with get_client(sync_client=True) as client:
+        parent = client.read_flow_run(run.data.tags["prefect.flow_run_id"])
+        child = client.read_flow_run(run.data.tags["prefect.train_flow_run_id"])
+    assert parent.state.is_crashed() and child.state.is_crashed()
+    _wait_for(lambda: _group_is_empty(process.pid), 15, "end of the loader workers")
+
+
+def test_a_worker_told_to_stop_leaves_its_run_killed_and_crashed_not_running(prefect_harness, tiny_data, tmp_path):
+    pool = f"stop-test-{os.getpid()}"
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    train_pipeline.from_source(str(PROJECT), "flows/train.py:train_pipeline").deploy(
+        name="stop-test", work_pool_name=pool, print_next_steps=False
+    )
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(PROJECT)}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = PipelineConfig(
+        data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=tracking_uri, run_name="stopped",
+        **SETTINGS,
+    )  # fmt: skip
+    run_dir = tmp_path / "out" / "runs" / "stopped"
+    try:
+        flow_run = run_deployment(
+            "train-pipeline/stop-test", parameters={"config": config.model_dump(mode="json", exclude_none=True)},
+            timeout=0, as_subflow=False,
+        )  # fmt: skip
+        _wait_for(training_state_file(RunFolder(run_dir).checkpoints).is_file, 600, "training state", worker)
+        worker.send_signal(signal.SIGTERM)  # as a supervisor stops a worker
+
+        def crashed() -> bool:
+            with get_client(sync_client=True) as client:
+                return client.read_flow_run(flow_run.id).state.is_crashed()
+
+        _wait_for(crashed, 60, "Crashed flow run")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(30)
+    with get_client(sync_client=True) as client:
+        message = client.read_flow_run(flow_run.id).state.message
+    assert f"resume with: spine train --resume {run_dir}" in message
+    _assert_killed_at_its_last_epoch(tracking_uri, run_dir, "killed")
+    assert "Crashed" in RunFolder(run_dir).guard_log.read_text()
