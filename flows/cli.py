@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +37,28 @@ TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlf
 def _fail(message: str) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}")
     return typer.Exit(code=1)
+
+
+@contextmanager
+def _stoppable() -> Iterator[None]:
+    """Around a command that runs Prefect flows: Ctrl-C and SIGTERM stop the run through its own
+    clean-up (spine_model.interrupts), and Prefect's temporary server, when one is started, is out
+    of their reach until the run has reported how it ended (flows/server.py)."""
+    from flows.server import detach_temporary_server
+    from spine_model.interrupts import stop_on_signals
+
+    detach_temporary_server()
+    with stop_on_signals():
+        yield
+
+
+def _stopped(stop: KeyboardInterrupt, resume: str) -> typer.Exit:
+    """What a person reads after stopping a run: how to go on; exit status 130 (SIGINT) or 143 (SIGTERM)."""
+    from spine_model.interrupts import RunInterrupted, resume_hints
+
+    hints = resume_hints() or [resume]
+    err.print(f"\n[bold yellow]stopped:[/] {stop or 'interrupted'}; resume with: {hints[-1]}")
+    return typer.Exit(code=stop.exit_status if isinstance(stop, RunInterrupted) else 130)
 
 
 @app.command()
@@ -198,9 +222,12 @@ def _train_command(**options) -> None:
         except ValueError as error:
             raise _fail(str(error)) from None
     try:
-        result = train_pipeline(config)
+        with _stoppable():
+            result = train_pipeline(config)
     except (DataError, SetupError, PretrainedWeightsUnavailable, FileNotFoundError, TrainingDiverged) as error:
         raise _fail(str(error)) from None
+    except KeyboardInterrupt as stop:
+        raise _stopped(stop, "spine train --resume RUN_DIR (the run folder the log names)") from None
     run_dir = Path(str(result["run_dir"]))
     console.print()
     typer.echo(RunFolder(run_dir).evaluation_files()["summary"].read_text())
@@ -254,18 +281,38 @@ def compare(
     update_registry: Annotated[
         bool, typer.Option("--update-registry/--no-update-registry", help="register the best run, move aliases")
     ] = True,
+    rebase: Annotated[
+        bool,
+        typer.Option(
+            "--rebase",
+            help="when the best run was validated on other studies than the champion (new data, another "
+            "--split-seed), re-score the champion on that run's validation studies and decide on that",
+        ),
+    ] = False,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="with --rebase: the data folder of those studies (default: the one that run trained on)"),
+    ] = None,
+    workdir: Annotated[Path, typer.Option(help="with --rebase: outputs folder (the volume store it reads)")] = Path(
+        "spine_outputs"
+    ),
 ) -> None:
     """Rank an experiment's finished runs by validation competition score; update champion/challenger.
 
     `champion` moves only when the best run beats the current champion on the same validation
-    studies; `challenger` always points at the newest run.
+    studies; `challenger` always points at the newest run. Runs validated on other studies do not
+    compare: `--rebase` re-scores the champion on the best run's validation studies (the champion may
+    have trained on some of them, which favours the champion) and promotes the run if it still wins.
     """
     from rich.table import Table
 
     from flows.compare import compare_models
     from spine_model.compare import comparison_table
 
-    result = compare_models(experiment, tracking_uri, model_name, update_registry)
+    result = compare_models(
+        experiment, tracking_uri, model_name, update_registry, rebase=rebase,
+        data_dir=None if data is None else str(data), workdir=str(workdir),
+    )  # fmt: skip
     frame = comparison_table(result["ranked"])
     if frame.empty:
         raise _fail(f"no finished run with a score in experiment {experiment!r}")
@@ -302,11 +349,14 @@ def predict(
     from spine_model.preflight import SetupError
 
     try:
-        result = predict_flow(
-            str(data_dir), model, split, str(out), use_coordinates, tracking_uri, str(workdir), workers
-        )
+        with _stoppable():
+            result = predict_flow(
+                str(data_dir), model, split, str(out), use_coordinates, tracking_uri, str(workdir), workers
+            )
     except (DataError, SetupError, FileNotFoundError) as error:
         raise _fail(str(error)) from None
+    except KeyboardInterrupt as stop:
+        raise _stopped(stop, "run the same `spine predict` again (the volume store keeps what is decoded)") from None
     console.print(f"wrote {result['rows']} rows ({result['rows'] // 25} studies) to {result['submission']}")
     scores = result["scores"]
     if scores:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from spine_model.config import TrainConfig
+from spine_model.config import FAMILY_DEFAULTS, TrainConfig
 from spine_model.tracking import DEFAULT_EXPERIMENT
 
 GPU_DEPLOYMENT = "train-on-gpu/spine-train-gpu"
@@ -42,7 +42,8 @@ FORM: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("localiser_batch_size", "localiser batch size"),
     )),
     ("Training", (
-        ("epochs", "training epochs"), ("batch_size", "batch size"), ("lr", "learning rate"),
+        ("epochs", "training epochs"), ("batch_size", "batch size (0: the family's)"),
+        ("lr", "learning rate (0: the family's)"),
         ("weight_decay", "weight decay"), ("class_weights", "class weights (Normal/Mild, Moderate, Severe)"),
         ("augment", "augmentation"), ("lr_patience", "learning-rate patience (epochs)"),
         ("lr_factor", "learning-rate decay factor"), ("grad_clip", "gradient clipping (norm; 0: off)"),
@@ -69,7 +70,9 @@ FORM: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 FORM_ORDER = tuple(name for _, fields in FORM for name, _ in fields)
 # Not in the run form: the Prefect run's own name names the run folder and the MLflow run.
 CLI_ONLY = ("run_name",)
-EMPTY_MEANS_NONE = {"run_name": "", "tracking_uri": "", "resume": "", "preprocess_workers": 0}
+EMPTY_MEANS_NONE = {
+    "run_name": "", "tracking_uri": "", "resume": "", "preprocess_workers": 0, "lr": 0, "batch_size": 0,
+}  # fmt: skip
 
 
 def _form_schema(schema: dict, model: type) -> None:
@@ -84,8 +87,8 @@ def _form_schema(schema: dict, model: type) -> None:
         if "anyOf" in field:  # Optional[X]: shown as X, its empty value meaning None
             field.update(next(option for option in field.pop("anyOf") if option.get("type") != "null"))
             field["default"] = EMPTY_MEANS_NONE[name]
-            if "minimum" in field:  # 0 itself stands for the default
-                field["minimum"] = min(field["minimum"], 0)
+            if "minimum" in field or "exclusiveMinimum" in field:  # 0 itself stands for the default
+                field["minimum"] = min(field.get("minimum", 0), field.pop("exclusiveMinimum", 0), 0)
         field.pop("minItems", None), field.pop("maxItems", None)
         ordered[name] = {**field, "title": titles[name], "position": position}
     schema["properties"] = ordered
@@ -127,7 +130,7 @@ class PipelineConfig(TrainConfig):
     @field_validator(*EMPTY_MEANS_NONE, mode="before")
     @classmethod
     def _empty_is_none(cls, value):
-        """The form's empty value (or 0 workers) for "the default"."""
+        """The form's empty value (or 0 workers, 0 lr, batch size 0) for "the default"."""
         return None if value in ("", 0) else value
 
     @field_validator("tracking_uri")
@@ -172,10 +175,11 @@ class PipelineConfig(TrainConfig):
     localiser_backbone: str = Field("resnet18", description="localiser: ResNet trunk")
     localiser_image_size: int = Field(256, ge=32, le=1024, description="localiser: input slice size in pixels")
     localiser_epochs: int = Field(10, ge=1, description="localiser: training epochs")
-    localiser_lr: float = Field(1e-3, gt=0, description="localiser: Adam learning rate")
+    localiser_lr: float = Field(FAMILY_DEFAULTS["localiser"]["lr"], gt=0, description="localiser: Adam learning rate")
     localiser_batch_size: int = Field(
-        8, ge=1, description="localiser: series (sagittal) or labelled slices (axial) per batch"
-    )
+        FAMILY_DEFAULTS["localiser"]["batch_size"], ge=1,
+        description="localiser: series (sagittal) or labelled slices (axial) per batch",
+    )  # fmt: skip
     localiser_deployment: str = Field(
         LOCALISER_DEPLOYMENT, description="deployment that trains the localiser when dispatch='work-pool'"
     )

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -27,10 +30,12 @@ from prefect.states import Cancelling
 
 from flows.compare import compare_models
 from flows.config import PipelineConfig, TrainRequest
-from spine_model import tracking
-from spine_model.catalog import RunFolder, Workspace, atomic_write
+from flows.guard import Guard, guarding, mark_stopped
+from spine_model import interrupts, tracking
+from spine_model.catalog import RunFolder, Workspace, atomic_write, resume_folder
 from spine_model.compare import MODEL_SUMMARY
 from spine_model.families import get_family
+from spine_model.interrupts import is_interrupt
 from spine_model.steps import RunInputs, read_metrics, read_model_uris
 from spine_model.tracking.registry import LOCALISER_TAG
 from tasks.data import ingest, preflight_task, prepare_run_task, read_tables_task, validate_task, volume_store
@@ -51,11 +56,11 @@ from tasks.training import TrainingWatch, evaluate_localiser_task, evaluate_task
 @flow(name="train-on-gpu", log_prints=True)
 def train_on_gpu(request: TrainRequest) -> dict[str, float]:
     """Train and evaluate the classifier on this machine's device, logging into the parent's MLflow run."""
-    _tag_child(request)
-    run = load_run_task(request.run_dir)
-    train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume)
-    metrics = evaluate_task(run)
-    log_results_task(request.mlflow_run_id, run, request.tracking_uri)
+    with _child_run(request):
+        run = load_run_task(request.run_dir)
+        train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume)
+        metrics = evaluate_task(run)
+        log_results_task(request.mlflow_run_id, run, request.tracking_uri)
     return metrics
 
 
@@ -63,45 +68,61 @@ def train_on_gpu(request: TrainRequest) -> dict[str, float]:
 def train_localiser(request: TrainRequest) -> dict[str, float]:
     """Train and evaluate the localiser on this machine's device (its own MLflow run, nested in the
     pipeline's), and register it as spine-localiser."""
-    _tag_child(request)
-    run = load_run_task(request.run_dir)
-    train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume)
-    metrics = evaluate_localiser_task(run)
-    uris = log_results_task(request.mlflow_run_id, run, request.tracking_uri)
-    register_localiser_task(request.mlflow_run_id, uris["model_uri"], request.tracking_uri)
+    with _child_run(request):
+        run = load_run_task(request.run_dir)
+        train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume)
+        metrics = evaluate_localiser_task(run)
+        uris = log_results_task(request.mlflow_run_id, run, request.tracking_uri)
+        register_localiser_task(request.mlflow_run_id, uris["model_uri"], request.tracking_uri)
     return metrics
 
 
-def _tag_child(request: TrainRequest) -> None:
+@contextmanager
+def _child_run(request: TrainRequest) -> Iterator[None]:
+    """Tag the MLflow run with this flow run; on a worker, guard this process (flows/guard.py); when
+    stopped from outside, mark the MLflow run KILLED with the epoch reached."""
     tags = {"prefect.train_flow_run_id": flow_run.id, "prefect.train_deployment": deployment.name or "in-process"}
     set_tags_task(request.mlflow_run_id, tags, request.tracking_uri)
+    runs = {request.mlflow_run_id: request.run_dir}
+    with guarding(flow_run.id, runs, request.tracking_uri, request.run_dir):
+        try:
+            yield
+        except BaseException as error:
+            if is_interrupt(error):
+                line = mark_stopped(request.mlflow_run_id, request.run_dir, request.tracking_uri, _how(error))
+                get_run_logger().warning("%s", line)
+            raise
 
 
-def _dispatch_to_work_pool(jobs: list[tuple[TrainRequest, str]], config: PipelineConfig) -> dict[str, str]:
-    """Start every (request, deployment) on the work pool at once, wait for all (showing their epochs
+def _dispatch_to_work_pool(jobs: list[tuple[str, TrainRequest, str]], config: PipelineConfig) -> dict[str, str]:
+    """Start every (label, request, deployment) on the work pool at once, wait for all (showing their epochs
     on this flow run), and fail clearly if any fails, is missing or outlasts the timeout. Returns a
     link to each child flow run, by label."""
+    watch = TrainingWatch({label: request.run_dir for label, request, _ in jobs})  # before any child writes
     children = []
-    for request, deployment_name in jobs:
+    for label, request, deployment_name in jobs:
         try:
             children.append(
                 run_deployment(
                     deployment_name,
                     parameters={"request": request.model_dump()},
                     timeout=0,
-                    flow_run_name=f"{Path(request.run_dir).name}-train",
+                    flow_run_name=f"{resume_folder(request.run_dir).name}-{label}",
                 )  # fmt: skip
             )
         except ObjectNotFound:
-            _cancel(children)
+            _cancel(children, "another training run of the pipeline failed to start")
             raise RuntimeError(
                 f"deployment {deployment_name!r} not found on the Prefect server at "
                 f"{PREFECT_API_URL.value() or '(temporary server)'}: register the deployments of prefect.yaml "
                 "with `spine stack` (or `prefect deploy` as prefect.yaml's header says), "
                 "or train in-process with dispatch='local'"
             ) from None
-    watch = TrainingWatch({_label(request): request.run_dir for request, _ in jobs})
-    finished = _wait_for(children, config.dispatch_timeout_s, on_poll=watch.poll)
+    try:
+        finished = _wait_for(children, config.dispatch_timeout_s, on_poll=watch.poll)
+    except BaseException:  # this flow stops (interrupted, cancelled): the GPU runs it started stop too
+        _cancel(children, "the pipeline flow run that started it was stopped")
+        raise
     watch.poll()  # the last epochs
     failures = [
         f"{run.name} ({run.id}) of deployment {deployment_name}: "
@@ -111,18 +132,14 @@ def _dispatch_to_work_pool(jobs: list[tuple[TrainRequest, str]], config: Pipelin
             if run.state is not None and run.state.is_final()
             else f", not finished after {config.dispatch_timeout_s:.0f} s"
         )
-        for run, (_, deployment_name) in zip(finished, jobs, strict=True)
+        for run, (_, _, deployment_name) in zip(finished, jobs, strict=True)
         if run.state is None or not run.state.is_completed()
     ]
     if failures:
         raise RuntimeError(
             f"training flow run(s) did not complete: {'; '.join(failures)}; see their logs in the Prefect UI"
         )
-    return {_label(request): _ui_link(run) for run, (request, _) in zip(finished, jobs, strict=True)}
-
-
-def _label(request: TrainRequest) -> str:
-    return "localiser" if Path(request.run_dir).name == "localiser" else "classifier"
+    return {label: _ui_link(run) for run, (label, _, _) in zip(finished, jobs, strict=True)}
 
 
 def _ui_link(run) -> str:
@@ -131,13 +148,11 @@ def _ui_link(run) -> str:
     return f"[{run.name}]({base.rstrip('/')}/runs/flow-run/{run.id})" if base else f"`{run.name}` ({run.id})"
 
 
-def _cancel(flow_runs: list) -> None:
-    """Cancel flow runs already started, so that a failed dispatch leaves nothing running."""
+def _cancel(flow_runs: list, why: str) -> None:
+    """Cancel flow runs already started, so that a failed or stopped dispatch leaves nothing running."""
     with get_client(sync_client=True) as client:
         for run in flow_runs:
-            client.set_flow_run_state(
-                run.id, Cancelling(message="another training run of the pipeline failed to start")
-            )
+            client.set_flow_run_state(run.id, Cancelling(message=why))
 
 
 def _wait_for(flow_runs: list, timeout_s: float, poll_s: float = 5.0, on_poll=None) -> list:
@@ -169,9 +184,12 @@ class PipelineRun:
     mode: str  # localiser mode: train, reuse or off
     localiser_run_id: str | None = None
     localiser_checkpoint: str | None = None  # a reused localiser's weights
+    result: dict | None = field(default=None, repr=False)  # the flow's result, once trained
 
     def save(self) -> None:
-        payload = json.dumps({**asdict(self), "config": self.config.model_dump()}, indent=2).encode()
+        state = {**asdict(self), "config": self.config.model_dump()}
+        state.pop("result")
+        payload = json.dumps(state, indent=2).encode()
         atomic_write(RunFolder(self.run_dir).pipeline_state, lambda handle: handle.write(payload))
 
     @classmethod
@@ -192,59 +210,70 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float
     """
     if config.resume:
         return _resume(config.resume)
-    logger = get_run_logger()
-    workspace = Workspace(config.workdir)
-    cache = workspace.dataset(config.data_dir)
     run_name = _run_name(config)
-    run_dir = workspace.run(run_name).root
+    run_dir = Workspace(config.workdir).run(run_name).root
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     preflight_task(config.data_dir, config.workdir, tracking_uri)
     run_id = start_run_task(config.experiment, run_name, _prefect_tags(), tracking_uri)
     mode = config.localiser_mode()
     pipeline = PipelineRun(config, str(run_dir), run_id, tracking_uri, mode)
-    try:
-        if config.validate_first:
-            log_metrics_task(run_id, validate_task(config.data_dir, config.preprocess_workers), tracking_uri)
-        ingested = ingest(config.data_dir, str(cache.root))
-        logger.info("ingest: %s", ingested.summary)
-        tables = read_tables_task(ingested)
-        store = volume_store(
-            config.data_dir, "train", str(cache.volume_store("train", config.store_size)), config.store_size,
-            config.preprocess_workers, table=tables[0],
-        )  # fmt: skip
-        localiser_config = config.localiser_config() if mode == "train" else None
-        prepared = prepare_run_task(
-            config.data_dir, ingested, tables, store, config.train_config(), str(run_dir), localiser_config
-        )
-        params = {**config.model_dump(), **prepared.facts, "localiser_mode": mode}
-        log_params_task(run_id, params, tracking_uri)
-
-        if mode == "reuse":  # before any training: a missing localiser fails the run at once
-            pipeline.localiser_checkpoint, localiser_model = fetch_localiser_task(
-                config.localiser_uri, str(prepared.folder.localiser.checkpoints), tracking_uri
-            )
-            set_tags_task(run_id, {LOCALISER_TAG: localiser_model}, tracking_uri)
-        if mode == "train":
-            localiser_tags = {**_prefect_tags(), "mlflow.parentRunId": run_id}
-            pipeline.localiser_run_id = start_run_task(
-                config.experiment, f"{run_name}-localiser", localiser_tags, tracking_uri
-            )
-            log_params_task(
-                pipeline.localiser_run_id,
-                {
-                    **localiser_config.model_dump(),
-                    **prepared.facts,
-                    MODEL_SUMMARY: get_family("localiser").describe(localiser_config),
-                },
-                tracking_uri,
-            )
-        pipeline.save()
-        result = _train_and_finish(pipeline, prepared.inputs(), resume=False)
-    except BaseException:
-        _mark_failed(pipeline)
-        raise
+    with guarding(flow_run.id, {run_id: str(run_dir)}, tracking_uri, run_dir) as guard:
+        try:
+            _prepare_and_train(pipeline, guard)
+        except BaseException as error:
+            _record_end(pipeline, error)
+            raise
     _compare_after(pipeline)
-    return result
+    return pipeline.result
+
+
+def _prepare_and_train(pipeline: PipelineRun, guard: Guard) -> None:
+    """Everything of a new pipeline run after its MLflow run exists: data, run folder, training."""
+    config, run_id, tracking_uri, mode = pipeline.config, pipeline.run_id, pipeline.tracking_uri, pipeline.mode
+    logger = get_run_logger()
+    workspace = Workspace(config.workdir)
+    cache = workspace.dataset(config.data_dir)
+    run_dir, run_name = Path(pipeline.run_dir), Path(pipeline.run_dir).name
+    if config.validate_first:
+        log_metrics_task(run_id, validate_task(config.data_dir, config.preprocess_workers), tracking_uri)
+    ingested = ingest(config.data_dir, str(cache.root))
+    logger.info("ingest: %s", ingested.summary)
+    tables = read_tables_task(ingested)
+    store = volume_store(
+        config.data_dir, "train", str(cache.volume_store("train", config.store_size)), config.store_size,
+        config.preprocess_workers, table=tables[0],
+    )  # fmt: skip
+    localiser_config = config.localiser_config() if mode == "train" else None
+    prepared = prepare_run_task(
+        config.data_dir, ingested, tables, store, config.train_config(), str(run_dir), localiser_config
+    )
+    # The settings left unset say so: their values are the family's defaults (TrainConfig).
+    family_defaults = ", ".join(config.family_defaults) or "none"
+    params = {**config.model_dump(), **prepared.facts, "localiser_mode": mode, "family_defaults": family_defaults}
+    log_params_task(run_id, params, tracking_uri)
+
+    if mode == "reuse":  # before any training: a missing localiser fails the run at once
+        pipeline.localiser_checkpoint, localiser_model = fetch_localiser_task(
+            config.localiser_uri, str(prepared.folder.localiser.checkpoints), tracking_uri
+        )
+        set_tags_task(run_id, {LOCALISER_TAG: localiser_model}, tracking_uri)
+    if mode == "train":
+        localiser_tags = {**_prefect_tags(), "mlflow.parentRunId": run_id}
+        pipeline.localiser_run_id = start_run_task(
+            config.experiment, f"{run_name}-localiser", localiser_tags, tracking_uri
+        )
+        guard.watch(pipeline.localiser_run_id, prepared.folder.localiser.root)
+        log_params_task(
+            pipeline.localiser_run_id,
+            {
+                **localiser_config.model_dump(),
+                **prepared.facts,
+                MODEL_SUMMARY: get_family("localiser").describe(localiser_config),
+            },
+            tracking_uri,
+        )
+    pipeline.save()
+    pipeline.result = _train_and_finish(pipeline, prepared.inputs(), resume=False)
 
 
 def _resume(run_dir: str) -> dict[str, float | str]:
@@ -257,19 +286,41 @@ def _resume(run_dir: str) -> dict[str, float | str]:
             tracking.reopen_run(run_id, pipeline.tracking_uri)
             set_tags_task(run_id, {"resumed_by_flow_run": flow_run.id}, pipeline.tracking_uri)
     logger.info("resuming run folder %s (MLflow run %s)", pipeline.run_dir, pipeline.run_id)
-    try:
-        result = _train_and_finish(pipeline, load_run_task(pipeline.run_dir), resume=True)
-    except BaseException:
-        _mark_failed(pipeline)
-        raise
+    with guarding(flow_run.id, dict(_mlflow_runs(pipeline)), pipeline.tracking_uri, pipeline.run_dir):
+        try:
+            pipeline.result = _train_and_finish(pipeline, load_run_task(pipeline.run_dir), resume=True)
+        except BaseException as error:
+            _record_end(pipeline, error)
+            raise
     _compare_after(pipeline)
-    return result
+    return pipeline.result
 
 
-def _mark_failed(pipeline: PipelineRun) -> None:
-    for failed in (pipeline.localiser_run_id, pipeline.run_id):  # plain calls: they work while the flow fails
-        if failed is not None:
-            end_run_task.fn(failed, "FAILED", pipeline.tracking_uri)
+def _mlflow_runs(pipeline: PipelineRun) -> list[tuple[str, str]]:
+    """(MLflow run id, run folder) of the pipeline's runs: the localiser's first, when it has one."""
+    folder = RunFolder(pipeline.run_dir)
+    runs = [(pipeline.localiser_run_id, str(folder.localiser.root)), (pipeline.run_id, pipeline.run_dir)]
+    return [(run_id, run_dir) for run_id, run_dir in runs if run_id is not None]
+
+
+def _record_end(pipeline: PipelineRun, error: BaseException) -> None:
+    """A run that did not finish: stopped from outside (KILLED, with the epoch reached and how to
+    resume, said in the log and on the exception), or failed (FAILED, unless a child that was
+    stopped already marked it KILLED). Plain calls, not tasks: they run while the flow fails."""
+    if is_interrupt(error):
+        for run_id, run_dir in _mlflow_runs(pipeline):
+            get_run_logger().warning("%s", mark_stopped(run_id, run_dir, pipeline.tracking_uri, _how(error)))
+        interrupts.note_resume(f"spine train --resume {pipeline.run_dir}")
+        return
+    for run_id, _ in _mlflow_runs(pipeline):
+        if tracking.run_status(run_id, pipeline.tracking_uri) != "KILLED":
+            end_run_task.fn(run_id, "FAILED", pipeline.tracking_uri)
+
+
+def _how(error: BaseException) -> str:
+    """How a run was stopped from outside, in a few words."""
+    signum = getattr(error, "signum", None) or getattr(error, "signal", None)  # ours, or Prefect's TerminationSignal
+    return f"{signal.Signals(signum).name} received" if signum else type(error).__name__
 
 
 def _prefect_tags() -> dict[str, str]:
@@ -284,22 +335,21 @@ def _train_and_finish(pipeline: PipelineRun, inputs: RunInputs, resume: bool) ->
     the MLflow run and the comparison."""
     config, run_dir, run_id, tracking_uri = pipeline.config, pipeline.run_dir, pipeline.run_id, pipeline.tracking_uri
     folder = RunFolder(run_dir)
-    jobs = [
-        (TrainRequest(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=tracking_uri, resume=resume), train_on_gpu)
-    ]
+    # (label, request, in-process flow, deployment) of each training job
+    request = TrainRequest(run_dir=run_dir, mlflow_run_id=run_id, tracking_uri=tracking_uri, resume=resume)
+    jobs = [("classifier", request, train_on_gpu, config.gpu_deployment)]
     if pipeline.mode == "train":
         request = TrainRequest(
             run_dir=str(folder.localiser.root), mlflow_run_id=pipeline.localiser_run_id, tracking_uri=tracking_uri,
             resume=resume,
         )  # fmt: skip
-        jobs.append((request, train_localiser))
+        jobs.append(("localiser", request, train_localiser, config.localiser_deployment))
     children = {}
     if config.dispatch == "local":
-        for request, child in jobs:
+        for _, request, child, _ in jobs:
             child(request)
     else:
-        deployments = {train_on_gpu: config.gpu_deployment, train_localiser: config.localiser_deployment}
-        children = _dispatch_to_work_pool([(request, deployments[child]) for request, child in jobs], config)
+        children = _dispatch_to_work_pool([(label, request, name) for label, request, _, name in jobs], config)
 
     localiser_checkpoint = pipeline.localiser_checkpoint
     if pipeline.mode == "train":

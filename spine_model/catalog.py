@@ -95,6 +95,7 @@ class RunFolder:
     distributed_log = property(lambda self: self.root / "distributed.log")  # torchrun's processes' output
     pipeline_state = property(lambda self: self.root / "pipeline.json")  # what `spine train --resume` goes on with
     pending_metrics = property(lambda self: self.root / "pending_metrics.jsonl")  # not yet taken by MLflow
+    guard_log = property(lambda self: self.root / "guard.log")  # what the run's watchman did (flows/guard.py)
     model_uris = property(lambda self: self.root / "mlflow_models.json")
     evaluation = property(lambda self: self.root / "evaluation")
     localiser = property(lambda self: RunFolder(self.root / "localiser"))  # the stage-1 run of this run
@@ -185,6 +186,15 @@ class RunRecord:
         )  # fmt: skip
 
 
+def resume_folder(run_dir: str | Path) -> Path:
+    """The run folder `spine train --resume` takes for a run folder: itself, or for a localiser's
+    folder inside a pipeline run (which has no pipeline.json of its own), the pipeline's."""
+    folder = Path(run_dir).resolve()
+    if not RunFolder(folder).pipeline_state.is_file() and RunFolder(folder.parent).pipeline_state.is_file():
+        return folder.parent
+    return folder
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Write a file through `write(handle)` into a temporary sibling, then rename it into place.
 
@@ -201,6 +211,23 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """`atomic_write` of a text (UTF-8)."""
+    payload = text.encode()
+    return atomic_write(path, lambda handle: handle.write(payload))
+
+
+def atomic_write_csv(path: str | Path, frame) -> Path:
+    """`atomic_write` of a DataFrame as CSV, without its index."""
+    return atomic_write(path, lambda handle: frame.to_csv(handle, index=False))
+
+
+def atomic_write_figure(path: str | Path, figure, dpi: int) -> Path:
+    """`atomic_write` of a matplotlib figure, in the format of the path's suffix (e.g. .png)."""
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, lambda handle: figure.savefig(handle, format=fmt, dpi=dpi))
 
 
 def file_fingerprint(path: str | Path, content: bool = True) -> str:

@@ -126,6 +126,45 @@ def candidate(ranked: pd.DataFrame, champion: pd.Series | None) -> pd.Series:
     return ranked.iloc[0]
 
 
+NOT_COMPARABLE = (
+    "validated on other studies than the champion, so the scores are not comparable; "
+    "`spine compare --rebase` re-scores the champion on this run's validation studies and decides on that"
+)
+
+
+@dataclass
+class Rebased:
+    """The champion's score re-computed on another run's validation studies (`spine compare --rebase`)."""
+
+    champion_run_id: str
+    fingerprint: str  # VAL_FINGERPRINT of the studies it was re-scored on
+    score: float
+    studies: int
+
+    def note(self) -> str:
+        return (
+            f"the champion re-scored on the candidate's {self.studies} validation studies: {self.score:.4f} "
+            "(it may have trained on some of them, which favours the champion)"
+        )
+
+
+def rebase_candidate(ranked: pd.DataFrame, champion: pd.Series | None) -> pd.Series | None:
+    """The run a rebase weighs: the best servable run validated on other studies than the champion
+    (new data, another split seed), whose score does not compare with the champion's; None when
+    there is no champion or no such run. `ranked` holds servable runs in rank order."""
+    if champion is None or ranked.empty:
+        return None
+    elsewhere = ranked[ranked[VAL_FINGERPRINT] != champion.get(VAL_FINGERPRINT)]
+    return elsewhere.iloc[0] if not elsewhere.empty else None
+
+
+def rebased_champion(champion: pd.Series, rebased: Rebased) -> pd.Series:
+    """The champion as if it had been validated on the rebased studies."""
+    moved = champion.copy()
+    moved[SCORE], moved[VAL_FINGERPRINT] = rebased.score, rebased.fingerprint
+    return moved
+
+
 PRIOR_SCORE = "val_prior_score"  # the class prior's score on the run's own validation studies
 
 
@@ -152,7 +191,7 @@ def decide(
     if candidate["run_id"] == champion["run_id"]:
         return Decision(False, "the best run is already the champion", **base)
     if candidate.get(VAL_FINGERPRINT) != champion.get(VAL_FINGERPRINT):
-        return Decision(False, "validated on other studies than the champion, so the scores are not comparable", **base)
+        return Decision(False, NOT_COMPARABLE, **base)
     if float(candidate[score]) < float(champion[score]):
         return Decision(True, f"lower {score} on the same validation studies", **base)
     return Decision(False, "not better than the champion on the same validation studies", **base)

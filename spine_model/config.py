@@ -4,9 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from spine_model.families import FamilyName
+
+# What a setting left unset takes, by model family: the seed notebook's for `seed`; for `crops` the
+# settings measured in benchmarks/QUALITY.md (the notebook's lr 0.01 sent its first validation loss
+# into the thousands and ended 44 % below the prior on hidden data, where 1e-3 reached 91 %); the
+# localiser's own come from the pipeline's localiser_* settings.
+FAMILY_DEFAULTS: dict[str, dict[str, float | int]] = {
+    "seed": {"lr": 0.01, "batch_size": 64},
+    "crops": {"lr": 1e-3, "batch_size": 32},
+    "localiser": {"lr": 1e-3, "batch_size": 8},
+}
+
+
+def _defaults(setting: str) -> str:
+    return ", ".join(f"{family} {defaults[setting]:g}" for family, defaults in FAMILY_DEFAULTS.items())
 
 
 class TrainConfig(BaseModel):
@@ -49,9 +63,11 @@ class TrainConfig(BaseModel):
         0.1, ge=0, le=0.5, description="crops: random shift of the point in training, share of the crop side"
     )
     crop_jitter_slices: int = Field(1, ge=0, le=5, description="crops: random shift of the centre slice in training")
-    batch_size: int = Field(64, ge=1, description="training and evaluation batch size")
+    batch_size: int | None = Field(
+        None, ge=1, description=f"training and evaluation batch size; unset: the family's ({_defaults('batch_size')})"
+    )
     epochs: int = Field(10, ge=1, description="training epochs")
-    lr: float = Field(0.01, gt=0, description="Adam learning rate")
+    lr: float | None = Field(None, gt=0, description=f"Adam learning rate; unset: the family's ({_defaults('lr')})")
     weight_decay: float = Field(0.0, ge=0, description="Adam weight decay")
     class_weights: tuple[float, float, float] = Field(
         (1.0, 2.0, 4.0), description="cross-entropy weights for Normal/Mild, Moderate, Severe"
@@ -81,9 +97,25 @@ class TrainConfig(BaseModel):
     cudnn_benchmark: bool = Field(True, description="let cuDNN pick the fastest convolution per input size (CUDA)")
     restore_best: bool = Field(True, description="evaluate the lowest-val-loss epoch's weights")
 
+    # The settings that took their family's default (FAMILY_DEFAULTS) because they were left unset.
+    _from_family: tuple[str, ...] = PrivateAttr(())
+
+    @property
+    def family_defaults(self) -> tuple[str, ...]:
+        """The settings this config took from its family's defaults (left unset when it was made)."""
+        return self._from_family
+
     @model_validator(mode="after")
     def _family_accepts_settings(self) -> TrainConfig:
         from spine_model.families import get_family
+
+        unset = []
+        for setting, value in FAMILY_DEFAULTS[self.model_family].items():
+            if getattr(self, setting) is None:  # frozen: filled in once, here, while the config is made
+                object.__setattr__(self, setting, value)
+                unset.append(setting)
+        if unset:  # validated again later (Prefect does, on the same instance): what was filled stays known
+            self._from_family = tuple(unset)
 
         get_family(self.model_family).check(self)
         if self.gpus > 1 and self.batch_size % self.gpus:

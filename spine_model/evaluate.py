@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from spine_model.catalog import atomic_write_csv, atomic_write_text
 from spine_model.config import TrainConfig
 from spine_model.constants import (
     CONDITIONS,
@@ -213,12 +214,12 @@ class Evaluation:
         paths = {key: Path(paths[key]) for key in SAVED}
         for path in paths.values():
             path.parent.mkdir(parents=True, exist_ok=True)
-        paths["summary"].write_text(self.describe() + "\n")
-        paths["summary_markdown"].write_text(self.markdown() + "\n")
-        paths["metrics"].write_text(json.dumps(self.metrics(), indent=2))
-        paths["reports_json"].write_text(json.dumps(self.reports, indent=2))
-        paths["reports_text"].write_text(self.reports_text())
-        self.submission.to_csv(paths["submission"], index=False)
+        atomic_write_text(paths["summary"], self.describe() + "\n")
+        atomic_write_text(paths["summary_markdown"], self.markdown() + "\n")
+        atomic_write_text(paths["metrics"], json.dumps(self.metrics(), indent=2))
+        atomic_write_text(paths["reports_json"], json.dumps(self.reports, indent=2))
+        atomic_write_text(paths["reports_text"], self.reports_text())
+        atomic_write_csv(paths["submission"], self.submission)
         return paths
 
 

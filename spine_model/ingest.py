@@ -223,7 +223,6 @@ def build_long_table(data_dir: str | Path, check_images: bool = True) -> IngestR
     skipped: Counter[str] = Counter()
 
     rows = _skip(rows, rows.duplicated().to_numpy(), SKIP_DUPLICATE, skipped)
-    rows = _skip(rows, rows.duplicated(["study_id", "condition", "level"]).to_numpy(), SKIP_SECOND_POINT, skipped)
     rows = _skip(rows, ~rows["study_id"].isin(labels["study_id"]).to_numpy(), SKIP_NO_STUDY, skipped)
     rows = rows.merge(series, on=["study_id", "series_id"], how="left")
     rows = _skip(rows, rows["series_description"].isna().to_numpy(), SKIP_NO_DESCRIPTION, skipped)
@@ -236,6 +235,9 @@ def build_long_table(data_dir: str | Path, check_images: bool = True) -> IngestR
             dtype=bool,
         )
         rows = _skip(rows, ~exists, SKIP_NO_IMAGE, skipped)
+    # Last: of several points for one cell, the first usable one is kept (a first point on a series
+    # without a description or image would otherwise take the good second one down with it).
+    rows = _skip(rows, rows.duplicated(["study_id", "condition", "level"]).to_numpy(), SKIP_SECOND_POINT, skipped)
 
     table = rows.merge(labels, on="study_id", how="left")
     own = [f"{c}_{lv}" for c, lv in zip(table["condition"], table["level"], strict=True)]

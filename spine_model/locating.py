@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from spine_model.catalog import atomic_write_csv, atomic_write_text
 from spine_model.constants import CONDITIONS
 from spine_model.volumes import SLICE_KEY
 
@@ -114,10 +115,10 @@ class LocaliserEvaluation:
         """Summary (text, Markdown), metrics and the localiser's points, to the catalog's paths."""
         for path in paths.values():
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(paths["summary"]).write_text(self.describe() + "\n")
-        Path(paths["summary_markdown"]).write_text(self.markdown() + "\n")
-        Path(paths["metrics"]).write_text(json.dumps(self.metrics(), indent=2))
-        self.found.to_csv(paths["points"], index=False)
+        atomic_write_text(paths["summary"], self.describe() + "\n")
+        atomic_write_text(paths["summary_markdown"], self.markdown() + "\n")
+        atomic_write_text(paths["metrics"], json.dumps(self.metrics(), indent=2))
+        atomic_write_csv(paths["points"], self.found)
         return {key: Path(paths[key]) for key in ("summary", "summary_markdown", "metrics", "points")}
 
 

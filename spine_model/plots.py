@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from spine_model.catalog import atomic_write_figure  # noqa: E402
 from spine_model.constants import SEVERITIES  # noqa: E402
 
 
@@ -29,7 +30,7 @@ def plot_training_curves(history: pd.DataFrame, path: str | Path) -> Path:
     axes[0].legend()
     axes[1].legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_figure(path, fig, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -50,7 +51,7 @@ def plot_confusion_matrix(confusion: np.ndarray, path: str | Path, title: str = 
         ax.set_ylabel("true")
         ax.set_title(f"{title}: {name}")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write_figure(path, fig, dpi=110)
     plt.close(fig)
     return Path(path)
 
@@ -81,6 +82,6 @@ def plot_localiser_examples(
             ax.scatter(guessed["x"] * scale_x, guessed["y"] * scale_y, s=40, marker="x", c="red")
             ax.set_title(f"{study_id} {description}\ninstance {first['instance_number']}", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    atomic_write_figure(path, fig, dpi=90)
     plt.close(fig)
     return Path(path)

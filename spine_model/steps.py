@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from spine_model import tracking
-from spine_model.catalog import DatasetCache, RunFolder, RunRecord, atomic_write
+from spine_model.catalog import DatasetCache, RunFolder, RunRecord, atomic_write, atomic_write_csv, atomic_write_text
 from spine_model.compare import MODEL_SUMMARY, VAL_FINGERPRINT
 from spine_model.config import TrainConfig
 from spine_model.constants import SOLUTION_CSV
@@ -242,9 +242,10 @@ def train_step(
     if not world.main:
         return result
     history = result.history_frame()
-    history.to_csv(folder.history, index=False)
+    atomic_write_csv(folder.history, history)
     plot_training_curves(history, folder.curves)
-    folder.fit_summary.write_text(json.dumps({"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}))
+    summary = {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}
+    atomic_write_text(folder.fit_summary, json.dumps(summary))
     return result
 
 

@@ -7,11 +7,13 @@ as `model(*inputs)`.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import logging
 import math
 import random
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +23,16 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    Sampler,
+    SequentialSampler,
+    default_collate,
+)
 from tqdm.auto import tqdm
 
 from spine_model import distributed
@@ -30,6 +41,7 @@ from spine_model.config import TrainConfig
 from spine_model.distributed import SINGLE, ShardSampler, World
 from spine_model.families import get_family
 from spine_model.families.base import ModelFamily
+from spine_model.interrupts import ignore_in_helper
 from spine_model.split import StudySplit
 from spine_model.volumes import VolumeReader
 
@@ -79,6 +91,7 @@ def make_loader(
 ) -> DataLoader:
     """Batches of `config.batch_size` items; a dataset with a `collate` method batches its own items.
     A `sampler` (one process's share, see train_model) replaces `shuffle`; `batch_size` overrides.
+    A last batch of a single item joins the batch before it (see `Batches`).
 
     On a GPU the family's `prepare` runs on the device (see `model_batches`). Training on the CPU
     with loader workers, the workers prepare the batches instead (`train`: with augmentation,
@@ -89,19 +102,70 @@ def make_loader(
     in_workers = device.type == "cpu" and config.num_workers > 0 if prepare_in_workers is None else prepare_in_workers
     if in_workers:
         collate = PreparedBatches(collate, config, shuffle if train is None else train)
+    generator = torch.Generator().manual_seed(config.seed)
+    if sampler is None:
+        sampler = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size or config.batch_size,
-        shuffle=shuffle if sampler is None else False,
-        sampler=sampler,
+        batch_sampler=Batches(sampler, batch_size or config.batch_size),
         num_workers=config.num_workers,
         pin_memory=device.type == "cuda",
         persistent_workers=config.num_workers > 0,
-        generator=torch.Generator().manual_seed(config.seed),
+        generator=generator,
         collate_fn=collate,
+        worker_init_fn=ignore_in_helper,  # Ctrl-C reaches the workers too: the main process stops them
     )
     loader.prepared_in_workers = in_workers
+    if config.num_workers > 0:
+        _LOADERS_WITH_WORKERS.add(loader)
     return loader
+
+
+# Loader workers ignore SIGTERM (see interrupts.ignore_in_helper), and multiprocessing stops daemonic
+# children at exit with exactly that signal, then waits for them: a process whose persistent loader
+# workers were still up at exit (a run stopped by Ctrl-C, whose traceback kept the loaders alive)
+# waited for ever. They are shut down the DataLoader's own way first: this atexit hook, registered
+# after multiprocessing's and torch's, runs before them.
+_LOADERS_WITH_WORKERS: weakref.WeakSet[DataLoader] = weakref.WeakSet()
+
+
+def stop_loader_workers(loader: DataLoader) -> None:
+    """Shut a loader's (persistent) worker processes down now, as the DataLoader does when its
+    iterator is garbage-collected (torch offers no public call for it)."""
+    iterator = loader.__dict__.get("_iterator")
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+    loader.__dict__["_iterator"] = None
+
+
+@atexit.register
+def _stop_all_loader_workers() -> None:
+    for loader in list(_LOADERS_WITH_WORKERS):
+        stop_loader_workers(loader)
+
+
+class Batches(Sampler[list[int]]):
+    """The sampler's items in batches of `batch_size`, in order, where a last batch of one item (of a
+    batch_size above 1) joins the batch before it (one batch of batch_size + 1). BatchNorm cannot
+    train on a single sample ("Expected more than 1 value per channel"), and dropping it would lose
+    that item for the epoch; a split whose size leaves one over (one in batch_size) trains as usual.
+    In several processes each takes its share of every global batch, so the merge falls on the same
+    step everywhere."""
+
+    def __init__(self, sampler: Sampler, batch_size: int) -> None:
+        self.sampler, self.batch_size = sampler, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        # Copies: BatchSampler refills one list in place.
+        batches = [list(batch) for batch in BatchSampler(self.sampler, self.batch_size, drop_last=False)]
+        if self.batch_size > 1 and len(batches) > 1 and len(batches[-1]) == 1:
+            last = batches.pop()
+            batches[-1] = batches[-1] + last
+        return iter(batches)
+
+    def __len__(self) -> int:
+        count, left = divmod(len(self.sampler), self.batch_size)
+        return count + (left > 0) - (self.batch_size > 1 and left == 1 and count > 0)
 
 
 class PreparedBatches:
@@ -312,8 +376,9 @@ def fit(
     for epoch in range(len(result.history) + 1, config.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        if isinstance(train_loader.sampler, DistributedSampler):
-            train_loader.sampler.set_epoch(epoch)  # a new shuffle each epoch, the same in every process
+        order = getattr(train_loader.batch_sampler, "sampler", train_loader.sampler)
+        if isinstance(order, DistributedSampler):
+            order.set_epoch(epoch)  # a new shuffle each epoch, the same in every process
         train_loss, train_accuracy = run_epoch(
             step_model, family, train_loader, device, class_weights, config, optimizer, f"epoch {epoch} train",
             progress,

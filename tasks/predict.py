@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from spine_model.catalog import atomic_write_csv
 from spine_model.inference import inference_frame, listed_study_ids, with_every_study
 from spine_model.steps import score_step
 from spine_model.tracking.pyfunc import load_serving_model, predict_with_model, serving_store_size
@@ -39,8 +38,7 @@ def predict_task(
     model = load_serving_model(model_uri, tracking_uri)
     submission, prior = predict_with_model(model, frame, store_root)
     submission = with_every_study(submission, study_ids, prior)
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    submission.to_csv(out_path, index=False)
+    atomic_write_csv(out_path, submission)  # a reader (or an interrupted run) never sees half a file
     return {"submission": out_path, "rows": len(submission), "class_prior": prior.tolist()}
 
 

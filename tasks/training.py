@@ -74,14 +74,22 @@ class TrainingWatch:
         self.runs = []
         for label, run_dir in run_dirs.items():
             config = RunRecord.load(run_dir).config
+            folder = RunFolder(run_dir)
+            # A resumed run's folder already holds its earlier epochs: they were shown (and sent to
+            # MLflow) by the run that trained them, so the watch starts after them.
+            earlier = distributed.epoch_lines(folder.epochs_log)
+            done = EpochStats(**json.loads(earlier[-1])).epoch if earlier else 0
             key = "spine-localiser-progress" if config.model_family == "localiser" else "spine-training-progress"
-            artifact = create_progress_artifact(0.0, key=key, description=f"{label}: waiting for its GPU flow run")
-            self.runs.append({"label": label, "folder": RunFolder(run_dir), "epochs": config.epochs,
-                              "artifact": artifact, "seen": 0})  # fmt: skip
+            waiting = f"{label}: waiting for its GPU flow run" + (f" (resumes after epoch {done})" if done else "")
+            artifact = create_progress_artifact(100.0 * done / config.epochs, key=key, description=waiting)
+            self.runs.append({"label": label, "folder": folder, "epochs": config.epochs,
+                              "artifact": artifact, "seen": len(earlier)})  # fmt: skip
 
     def poll(self) -> None:
         for run in self.runs:
             lines = distributed.epoch_lines(run["folder"].epochs_log)
+            if len(lines) < run["seen"]:  # started afresh: the trainer removed the old epochs
+                run["seen"] = 0
             if len(lines) == run["seen"]:
                 continue
             for line in lines[run["seen"] :]:

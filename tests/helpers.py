@@ -30,6 +30,9 @@ def assert_complete_mlflow_run(tracking_uri: str, run_id: str, config: PipelineC
         assert field in params, field
     assert params["epochs"] == str(config.epochs) and params["dispatch"] == config.dispatch
     assert params["model_family"] == config.model_family
+    # what trained, the family's defaults filled in, and which settings were left to the family
+    assert float(params["lr"]) == config.lr and int(params["batch_size"]) == config.batch_size
+    assert params["family_defaults"] == (", ".join(config.family_defaults) or "none")
     assert params["model_summary"].startswith(config.model_family)
     assert int(params["data_train_studies"]) > 0 and int(params["data_val_points"]) > 0
     assert "data_train_labels_severe" in params

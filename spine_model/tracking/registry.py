@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import json
 import re
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
-from spine_model.compare import METRICS, SETTINGS, VAL_FINGERPRINT, Decision, candidate, decide, servable
+from spine_model.compare import (
+    METRICS,
+    SCORE,
+    SETTINGS,
+    VAL_FINGERPRINT,
+    Decision,
+    Rebased,
+    candidate,
+    decide,
+    rebase_candidate,
+    rebased_champion,
+    servable,
+)
 from spine_model.tracking import client, resolve_tracking_uri
 
 MODEL_NAME = "spine-net"
@@ -29,14 +43,23 @@ def _record(run) -> dict:
     }
 
 
-def finished_runs(experiment: str, tracking_uri: str | None = None) -> pd.DataFrame:
-    """Every FINISHED run of the experiment with its scores, settings and serving model URI."""
+def finished_runs(experiment: str, tracking_uri: str | None = None, page_size: int = 1000) -> pd.DataFrame:
+    """Every FINISHED run of the experiment with its scores, settings and serving model URI (read page
+    by page, so an experiment of any size is ranked whole)."""
     mlflow_client = client(tracking_uri)
     found = mlflow_client.get_experiment_by_name(experiment)
     columns = ["run_id", "run_name", "start_time", "end_time", "experiment_id", *METRICS, *SETTINGS, VAL_FINGERPRINT]
     if found is None:
         return pd.DataFrame(columns=[*columns, "serving_model_uri"])
-    runs = mlflow_client.search_runs([found.experiment_id], "attributes.status = 'FINISHED'", max_results=5000)
+    runs, token = [], None
+    while True:
+        page = mlflow_client.search_runs(
+            [found.experiment_id], "attributes.status = 'FINISHED'", max_results=page_size, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
     return pd.DataFrame([_record(run) for run in runs], columns=[*columns, "serving_model_uri"])
 
 
@@ -66,8 +89,41 @@ def alias_run_id(alias: str, name: str = MODEL_NAME, tracking_uri: str | None = 
         return None
 
 
+def current_champion(ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None) -> pd.Series | None:
+    """The run behind the `champion` alias as a ranked row (read from MLflow when it is not ranked, e.g.
+    in another experiment), or None when there is no champion yet."""
+    champion_id = alias_run_id(CHAMPION, name, tracking_uri)
+    if champion_id is None:
+        return None
+    match = ranked[ranked["run_id"] == champion_id] if not ranked.empty else ranked
+    return match.iloc[0] if not match.empty else pd.Series(_record(client(tracking_uri).get_run(champion_id)))
+
+
+def run_record(run_id: str, tracking_uri: str | None = None) -> dict:
+    """The run folder's record (run.json: data folder, settings, study split) that a run logged."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = client(tracking_uri).download_artifacts(run_id, "run/run.json", scratch)
+        return json.loads(Path(path).read_text())
+
+
+def rebase_target(
+    ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None
+) -> tuple[pd.Series, pd.Series] | None:
+    """(champion, candidate): the champion and the best servable run validated on other studies than
+    its own, whose scores only compare once the champion is re-scored on the candidate's studies;
+    None when there is no champion or no such run."""
+    ranked = servable(ranked)
+    champion = current_champion(ranked, name, tracking_uri)
+    target = rebase_candidate(ranked, champion)
+    return None if target is None else (champion, target)
+
+
 def update_aliases(
-    ranked: pd.DataFrame, name: str = MODEL_NAME, tracking_uri: str | None = None, margin: float = 0.0
+    ranked: pd.DataFrame,
+    name: str = MODEL_NAME,
+    tracking_uri: str | None = None,
+    margin: float = 0.0,
+    rebased: Rebased | None = None,
 ) -> Decision | None:
     """Register the candidate and the newest servable run; `challenger` -> newest, `champion` ->
     the candidate if it wins: it beats its own prior baseline by more than `margin`, and the
@@ -78,28 +134,46 @@ def update_aliases(
     compare is promoted even when a run on other studies ranks above it. The decision and both
     scores are written as tags on the candidate's model version. None when no ranked run has a
     serving model.
+
+    When no run on the champion's studies wins but a run validated on other studies exists, the
+    decision names it and the way forward (`spine compare --rebase`). `rebased`: the champion's score
+    on that run's validation studies (see `rebase_target`); that run is then weighed against it.
     """
     ranked = servable(ranked)
     if ranked.empty:
         return None
     mlflow_client = client(tracking_uri)
-    champion_id = alias_run_id(CHAMPION, name, tracking_uri)
-    champion = None
-    if champion_id is not None:
-        match = ranked[ranked["run_id"] == champion_id]
-        champion = match.iloc[0] if not match.empty else pd.Series(_record(mlflow_client.get_run(champion_id)))
+    champion = current_champion(ranked, name, tracking_uri)
     best = candidate(ranked, champion)
+    decision = decide(best, champion, margin=margin)
+    target = rebase_candidate(ranked, champion)
+    rebasing = False
+    if not decision.promote and target is not None:
+        rebasing = (
+            rebased is not None
+            and rebased.champion_run_id == champion["run_id"]
+            and rebased.fingerprint == target.get(VAL_FINGERPRINT)
+        )
+        if rebasing:
+            best = target
+            decision = decide(best, rebased_champion(champion, rebased), margin=margin)
+            decision.reason += f"; {rebased.note()}"
+        elif best["run_id"] != target["run_id"]:
+            decision.reason += (
+                f"; run {target['run_id']} ({float(target[SCORE]):.4f}) was validated on other studies, whose "
+                "scores do not compare: `spine compare --rebase` re-scores the champion on them"
+            )
     newest = ranked.sort_values("start_time").iloc[-1]
     best_version = register_version(best["run_id"], best["serving_model_uri"], name, tracking_uri)
     newest_version = register_version(newest["run_id"], newest["serving_model_uri"], name, tracking_uri)
     mlflow_client.set_registered_model_alias(name, CHALLENGER, newest_version)
-    decision = decide(best, champion, margin=margin)
     if decision.promote:
         mlflow_client.set_registered_model_alias(name, CHAMPION, best_version)
     for key, value in {
         "champion_decision": decision.describe(),
         "candidate_score": decision.candidate_score,
         "champion_score_before": decision.champion_score,
+        "champion_rebased_on": rebased.fingerprint if rebasing else None,
     }.items():
         if value is not None:
             mlflow_client.set_model_version_tag(name, best_version, key, str(value))

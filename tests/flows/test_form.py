@@ -49,6 +49,29 @@ def test_the_forms_empty_values_mean_the_defaults():
     assert PipelineConfig(preprocess_workers=3).preprocess_workers == 3
 
 
+def test_a_setting_left_unset_takes_its_familys_default_and_says_so():
+    from spine_model.config import FAMILY_DEFAULTS
+
+    properties = _form()
+    for name in ("lr", "batch_size"):  # the form's 0: the family's; its title says so
+        assert properties[name]["default"] == 0 and "(0: the family's)" in properties[name]["title"], name
+    for family, defaults in FAMILY_DEFAULTS.items():
+        if family == "localiser":  # trained beside a classifier with the pipeline's localiser_* settings
+            continue
+        config = PipelineConfig(model_family=family, lr=0, batch_size=0)  # what the form sends
+        assert (config.lr, config.batch_size) == (defaults["lr"], defaults["batch_size"]), family
+        assert config.family_defaults == ("lr", "batch_size")
+        assert config.train_config().lr == defaults["lr"]
+    assert FAMILY_DEFAULTS["crops"]["lr"] != FAMILY_DEFAULTS["seed"]["lr"]  # crops does not get the notebook's
+    explicit = PipelineConfig(model_family="crops", lr=0.01)  # an explicit value always wins
+    assert explicit.lr == 0.01 and explicit.batch_size == 32 and explicit.family_defaults == ("batch_size",)
+    localiser = PipelineConfig(model_family="crops").localiser_config()
+    assert (localiser.lr, localiser.batch_size) == (1e-3, 8)
+    shown = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).output.split())
+    assert "unset: the family's (seed 0.01, crops 0.001, localiser 0.001)" in shown
+    assert "unset: the family's (seed 64, crops 32, localiser 8)" in shown
+
+
 def test_spine_train_help_and_the_readme_follow_the_form():
     result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "250"})
     assert result.exit_code == 0

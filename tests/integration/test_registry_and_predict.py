@@ -167,3 +167,58 @@ def test_mlflow_models_serve_answers_with_submission_rows(runs, mlflow_server, d
     assert len(predictions) == 25
     assert list(predictions.columns) == ["row_id", *SEVERITY_COLUMNS]
     np.testing.assert_allclose(predictions[list(SEVERITY_COLUMNS)].sum(axis=1), 1.0)
+
+
+def test_a_run_validated_on_other_studies_is_weighed_after_a_rebase(runs, mlflow_server, data, tmp_path):
+    """A new split_seed: the champion is kept and the decision says how to go on; `spine compare
+    --rebase` re-scores the champion on the new run's validation studies and decides on that."""
+    from flows.train import train_pipeline
+    from spine_model.ingest import load_labels
+    from spine_model.metrics import competition_score, solution_from_labels
+
+    results, _ = runs
+    client = mlflow.MlflowClient(mlflow_server.mlflow_url)
+    champion_version = client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    champion = champion_version.run_id
+    common = {
+        "data_dir": str(data), "workdir": str(tmp_path / "out"), "tracking_uri": mlflow_server.mlflow_url,
+        "experiment": EXPERIMENT, "store_size": 48, "image_size": 32, "num_workers": 0, "pretrained": False,
+        "val_fraction": 0.25, "preprocess_workers": 1, "epochs": 3, "augment": True, "split_seed": 7,
+        "compare_after": False,
+    }  # fmt: skip
+    new = train_pipeline(PipelineConfig(**common, run_name="resplit"))  # lr and batch size: the family's
+    params = client.get_run(new["mlflow_run_id"]).data.params
+    assert (params["lr"], params["batch_size"], params["family_defaults"]) == ("0.01", "64", "lr, batch_size")
+    shown = CliRunner().invoke(app, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.mlflow_url])
+    assert shown.exit_code == 0, shown.output
+    said = " ".join(shown.output.split())  # the decision names the run on other studies and the way on
+    assert f"run {new['mlflow_run_id']}" in said and "`spine compare --rebase`" in said, shown.output
+    assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION).run_id == champion
+
+    rebased = CliRunner().invoke(
+        app, ["compare", "--experiment", EXPERIMENT, "--tracking-uri", mlflow_server.mlflow_url, "--rebase",
+              "--workdir", str(tmp_path / "out")],
+    )  # fmt: skip
+    assert rebased.exit_code == 0, rebased.output
+    # The champion's score on the new run's validation studies, computed apart: predict them with
+    # their labelled points and score against train.csv's labels.
+    record = json.loads((Path(new["run_dir"]) / "run.json").read_text())
+    studies = record["val_study_ids"]
+    frame = inference_frame(data, "train", use_coordinates=True)
+    out = tmp_path / "champion_on_new_studies.csv"
+    predict(
+        str(data), f"models:/{MODEL_NAME}/{champion_version.version}", "train", str(out), use_coordinates=True,
+        tracking_uri=mlflow_server.mlflow_url, workdir=str(tmp_path / "out"),
+    )  # fmt: skip
+    labels = load_labels(data)
+    submission = pd.read_csv(out)
+    on_studies = submission[submission["row_id"].str.split("_", n=1).str[0].astype(int).isin(studies)]
+    expected = competition_score(solution_from_labels(labels[labels["study_id"].isin(studies)]), on_studies)
+    assert len(frame) > 0 and f"re-scored on the candidate's {len(studies)} validation studies: {expected:.4f}" in (
+        " ".join(rebased.output.split())
+    ), rebased.output
+    version = client.search_model_versions(f"name = '{MODEL_NAME}' and run_id = '{new['mlflow_run_id']}'")[0]
+    assert float(version.tags["champion_score_before"]) == pytest.approx(expected, abs=1e-9)
+    wins = new["val_competition_score"] < expected and new["val_competition_score"] < new["val_prior_score"]
+    now = client.get_model_version_by_alias(MODEL_NAME, CHAMPION).run_id
+    assert now == (new["mlflow_run_id"] if wins else champion), rebased.output

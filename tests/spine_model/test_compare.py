@@ -1,6 +1,16 @@
 import pandas as pd
 
-from spine_model.compare import candidate, comparison_table, decide, markdown_table, rank_runs, servable
+from spine_model.compare import (
+    Rebased,
+    candidate,
+    comparison_table,
+    decide,
+    markdown_table,
+    rank_runs,
+    rebase_candidate,
+    rebased_champion,
+    servable,
+)
 
 
 def _runs(*rows):
@@ -82,6 +92,29 @@ def test_the_candidate_is_the_best_run_on_the_champions_own_studies():
     assert "not comparable" in decide(foreign, champion).reason
 
 
+def test_a_rebase_weighs_the_best_run_on_other_studies_against_the_champion_rescored_on_them():
+    runs = _runs(
+        {"run_id": "champion", "val_competition_score": 0.8, "start_time": 1},
+        {"run_id": "worse", "val_competition_score": 1.0, "start_time": 2},
+        {"run_id": "resplit", "val_competition_score": 0.9, "start_time": 3, "data_val_studies_sha": "zzz"},
+        {"run_id": "resplit-worse", "val_competition_score": 1.1, "start_time": 4, "data_val_studies_sha": "yyy"},
+    )
+    ranked = servable(rank_runs(runs))
+    champion = ranked.set_index("run_id", drop=False).loc["champion"]
+    kept = decide(candidate(ranked, champion), champion)
+    assert not kept.promote  # frozen without a rebase: the resplit run's 0.9 does not compare with 0.8
+    target = rebase_candidate(ranked, champion)
+    assert target["run_id"] == "resplit"  # the best of the runs on other studies
+    assert "spine compare --rebase" in decide(target, champion).reason
+    on_their_studies = rebased_champion(champion, Rebased("champion", "zzz", 1.05, 10))
+    assert champion["val_competition_score"] == 0.8 and champion["data_val_studies_sha"] == "abc"  # a copy
+    won = decide(target, on_their_studies)
+    assert won.promote and won.champion_score == 1.05
+    assert not decide(target, rebased_champion(champion, Rebased("champion", "zzz", 0.85, 10))).promote
+    assert rebase_candidate(ranked[~ranked["run_id"].str.startswith("resplit")], champion) is None
+    assert rebase_candidate(ranked, None) is None
+
+
 def test_a_run_that_does_not_beat_its_own_prior_is_never_promoted():
     runs = _runs(
         {"run_id": "useless", "val_competition_score": 4.81, "val_prior_score": 1.08, "start_time": 1},
@@ -123,3 +156,26 @@ def test_the_registry_keeps_a_useless_first_run_as_challenger_and_says_why(tmp_p
     assert "does not beat its own prior baseline" in first.tags["champion_decision"]
     assert decision.promote and alias_run_id(CHAMPION, "gate-test", uri) == rows[1]["run_id"]
     assert alias_run_id(CHALLENGER, "gate-test", uri) == rows[1]["run_id"]
+
+
+def test_finished_runs_reads_every_page_of_a_large_experiment(tmp_path):
+    """Ranking reads the whole experiment: with pages of 2, all 5 finished runs, and no unfinished one."""
+    import mlflow
+
+    from spine_model.tracking.registry import finished_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("paged")
+    names = [f"run-{n}" for n in range(5)]
+    for name in names:
+        with mlflow.start_run(run_name=name):
+            mlflow.log_metric("val_competition_score", 0.5)
+    with mlflow.start_run(run_name="failed"):
+        pass
+    client = mlflow.MlflowClient(uri)
+    failed = client.search_runs([client.get_experiment_by_name("paged").experiment_id], "run_name = 'failed'")[0]
+    client.set_terminated(failed.info.run_id, "FAILED")
+    runs = finished_runs("paged", uri, page_size=2)
+    assert sorted(runs["run_name"]) == names
+    assert runs["run_id"].is_unique and (runs["val_competition_score"] == 0.5).all()

@@ -61,7 +61,25 @@ def test_the_prior_scores_as_the_prior_and_missing_labels_count_nowhere():
     prior = class_prior(labels)
     cells = {int(s): np.repeat(prior[:, None, :], 5, axis=1) for s in labels["study_id"]}
     evaluation = evaluate_predictions(cells, labels, prior)
-    assert evaluation.score == pytest.approx(evaluation.prior_score)
+    # The metric written out by hand: per group, the sample-weighted log loss of the labelled cells;
+    # then any_severe_spinal per study; the mean of the four.
+    weights = np.array([1.0, 2.0, 4.0])
+    groups = {"spinal": [0], "foraminal": [1, 2], "subarticular": [3, 4]}
+    table = labels[list(LABEL_COLUMNS)].to_numpy().reshape(-1, 5, 5)  # study, condition, level
+    losses = []
+    for conditions in groups.values():
+        y = table[:, conditions].reshape(len(table), -1)
+        c = np.repeat(conditions, 5)[None].repeat(len(table), 0)
+        labelled = y >= 0
+        loss = -np.log(prior[c[labelled], y[labelled]])
+        losses.append(np.average(loss, weights=weights[y[labelled]]))
+    spinal = table[:, 0]
+    severe = np.array([(row[row >= 0] == 2).any() for row in spinal])
+    weight = np.array([weights[row[row >= 0]].max() for row in spinal])
+    p = prior[0, 2]
+    losses.append(np.average(-np.where(severe, np.log(p), np.log(1 - p)), weights=weight))
+    assert evaluation.score == pytest.approx(np.mean(losses))
+    assert evaluation.prior_score == pytest.approx(np.mean(losses))
     assert evaluation.confusion.sum() == 6 * 25 - 1
     with pytest.raises(ValueError, match="no labels"):
         evaluate_predictions({999: cells[100]}, labels, prior)
@@ -84,3 +102,38 @@ def test_saved_reports(tmp_path):
     paths = evaluation.save(RunFolder(tmp_path).evaluation_files())
     assert all(p.is_file() for p in paths.values())
     assert "== spinal_canal_stenosis_l1_l2 ==" in paths["reports_text"].read_text()
+
+
+def _half_then_stop(self, target, *args, **kwargs):
+    """A writer stopped halfway (Ctrl-C, a full disk): half a file, then the exception."""
+    if hasattr(target, "write"):
+        target.write(b"half a fi")
+    else:
+        with open(target, "wb") as handle:
+            handle.write(b"half a fi")
+    raise KeyboardInterrupt
+
+
+def test_an_interrupted_save_keeps_the_files_written_before(tmp_path, monkeypatch):
+    """Reports, submissions and figures are written whole or not at all: a reader never meets half a file."""
+    from matplotlib.figure import Figure
+
+    from spine_model.plots import plot_training_curves
+
+    labels = _labels()
+    evaluation = evaluate_predictions(_cells(labels, 0.0), labels, class_prior(labels))
+    paths = evaluation.save(RunFolder(tmp_path).evaluation_files())
+    before = {key: path.read_bytes() for key, path in paths.items()}
+    history = pd.DataFrame({"epoch": [1, 2], "train_loss": [1.0, 0.5], "val_loss": [1.1, 0.6],
+                            "train_accuracy": [0.5, 0.6], "val_accuracy": [0.5, 0.6], "lr": [1e-3, 1e-3]})  # fmt: skip
+    curves = plot_training_curves(history, tmp_path / "curves.png")
+    png = curves.read_bytes()
+    monkeypatch.setattr(pd.DataFrame, "to_csv", _half_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.save(RunFolder(tmp_path).evaluation_files())
+    monkeypatch.setattr(Figure, "savefig", _half_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        plot_training_curves(history, curves)
+    assert {key: path.read_bytes() for key, path in paths.items()} == before
+    assert curves.read_bytes() == png
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left over

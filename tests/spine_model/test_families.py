@@ -215,10 +215,32 @@ def test_crops_repeat_edge_slices_and_pad_beyond_the_image():
 def test_crop_side_is_a_share_of_the_image_or_millimetres():
     store = _store(_numbered_volume(size=64), rows=512, columns=384)
     points = _points(store)
-    assert crop_sides(points, 64, 0.25, 0.0).tolist() == [16]
-    # 48 mm at 0.5 mm per pixel = 96 of 384 columns = a quarter of the store's 64 px
-    assert crop_sides(points, 64, 0.1, 48.0).tolist() == [16]
-    assert crop_sides(points.assign(spacing_col=np.nan), 64, 0.1, 48.0).tolist() == [6]  # no PixelSpacing
+    assert crop_sides(points, 64, 0.25, 0.0).tolist() == [[16, 16]]
+    # 48 mm at 0.5 mm per pixel = 96 frame pixels: 96 of 384 columns = a quarter of the store's 64 px
+    # across, 96 of 512 rows = 12 store pixels down (the store squashed the frame's rows)
+    assert crop_sides(points, 64, 0.1, 48.0).tolist() == [[16, 12]]
+    # no PixelSpacing: the share, on both axes
+    assert crop_sides(points.assign(spacing_col=np.nan), 64, 0.1, 48.0).tolist() == [[6, 6]]
+    # pixels twice as tall as wide (0.5 mm across, 1 mm down) on a square frame
+    assert crop_sides(points.assign(rows=384, spacing_row=1.0), 64, 0.1, 48.0).tolist() == [[16, 8]]
+
+
+def test_a_millimetre_crop_of_a_non_square_frame_covers_the_same_millimetres_on_both_axes():
+    """A 512-row x 384-column frame of 0.5 mm pixels, squashed into a 64 px store: a bright 24 mm square
+    centred on the point (48 x 48 frame pixels) must fill the middle half of a 48 mm crop on both axes."""
+    volume = np.zeros((1, 64, 64), np.uint8)
+    # 48 frame pixels = 8 store pixels across (384 / 64 = 6 per store pixel), 6 down (512 / 64 = 8)
+    volume[0, 32 - 3 : 32 + 3, 32 - 4 : 32 + 4] = 200
+    store = _store(volume, rows=512, columns=384)
+    points = _points(store, x=192.0, y=256.0)  # the frame's centre = store pixel (32, 32)
+    dataset = CropDataset(points, store, slices=1, sides=crop_sides(points, 64, 0.1, 48.0))
+    (raw, sides, _), _ = dataset.__getitems__([0])
+    assert raw.shape == (1, 1, 12, 16) and sides.tolist() == [[16, 12]]
+    crop = prepare_crops(raw, sides, 16)[0, 0]
+    bright = crop > 0
+    rows, columns = bright.any(dim=1).nonzero().flatten(), bright.any(dim=0).nonzero().flatten()
+    height, width = int(rows.max() - rows.min() + 1), int(columns.max() - columns.min() + 1)
+    assert width == 8 and height == 8, (width, height)  # the same 24 mm on both axes: half of 16 px
 
 
 def test_crop_dataset_items_and_training_jitter():
@@ -227,7 +249,7 @@ def test_crop_dataset_items_and_training_jitter():
     sides = crop_sides(points, 64, 0.25, 0.0)
     evaluation = CropDataset(points, store, slices=3, sides=sides)
     (raw, side, cell), target = evaluation[0]
-    assert raw.shape == (3, 16, 16) and raw.dtype == torch.uint8 and float(side) == 16
+    assert raw.shape == (3, 16, 16) and raw.dtype == torch.uint8 and side.tolist() == [16, 16]
     assert int(cell) == 2 * 5 + 4 and int(target) == 1
     config = TrainConfig(model_family="crops", crop_slices=3, crop_size=32, store_size=64)
     crop, same_cell = get_family("crops").prepare([raw[None], side[None], cell[None]], config, train=False)
@@ -247,9 +269,9 @@ def test_crops_of_different_sides_are_resized_alike_in_one_batch():
     volume[0, :, 32:] = 200  # left half dark, right half bright
     store = _store(volume, rows=64, columns=64)
     points = pd.concat([_points(store, x=32.0, y=32.0), _points(store, x=32.0, y=32.0)], ignore_index=True)
-    dataset = CropDataset(points, store, slices=1, sides=np.array([8, 20]))
+    dataset = CropDataset(points, store, slices=1, sides=np.array([[8, 8], [20, 20]]))
     (raw, sides, _), _ = dataset.__getitems__([0, 1])
-    assert raw.shape == (2, 1, 20, 20) and sides.tolist() == [8, 20]
+    assert raw.shape == (2, 1, 20, 20) and sides.tolist() == [[8, 8], [20, 20]]
     assert (raw[0, 0, 8:] == raw[0, 0, 7]).all() and (raw[0, 0, :, 8:] == raw[0, 0, :, 7:8]).all()  # edge padding
     crops = prepare_crops(raw, sides, 10)
     for crop in crops:  # both: dark left half, bright right half at the output size

@@ -4,12 +4,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spine_model.constants import LABEL_COLUMNS
+from spine_model.constants import CONDITION_FROM_TITLE, LABEL_COLUMNS, LEVEL_FROM_TITLE
 from spine_model.ingest import (
     LONG_TABLE_COLUMNS,
     SKIP_NO_DESCRIPTION,
     SKIP_NO_IMAGE,
     SKIP_NO_STUDY,
+    SKIP_SECOND_POINT,
     DataError,
     build_long_table,
     write_table,
@@ -138,3 +139,29 @@ def test_row_level_problems_are_counted_and_logged_skips(tiny_copy, caplog):
     assert sum(SKIP_NO_STUDY in m for m in caplog.messages) == 1
     assert not result.table["study_id"].eq(999).any()
     assert np.isin(result.table["series_description"], ["Sagittal T1", "Sagittal T2/STIR", "Axial T2"]).all()
+
+
+@pytest.mark.parametrize("broken", ["no description", "no image"])
+def test_a_bad_first_point_does_not_take_the_good_second_one_with_it(tiny_copy, broken):
+    """Two points for one study, condition and level: the first on a series that cannot be used, the
+    second fine. The second is kept, and the skip is counted under the first one's own reason."""
+    coords = pd.read_csv(tiny_copy / "train_label_coordinates.csv")
+    good = coords.iloc[0]
+    if broken == "no description":  # a series of the study that the descriptions do not list
+        bad = good.copy()
+        bad["series_id"] = 999_999
+        reason = SKIP_NO_DESCRIPTION
+    else:  # the same series, an instance without a file
+        bad = good.copy()
+        bad["instance_number"] = 9_999
+        reason = SKIP_NO_IMAGE
+    coords = pd.concat([bad.to_frame().T, coords], ignore_index=True)  # the bad point first
+    coords.to_csv(tiny_copy / "train_label_coordinates.csv", index=False)
+
+    result = build_long_table(tiny_copy)
+    table = result.table
+    cell = table[(table["study_id"] == good.study_id) & (table["condition"] == CONDITION_FROM_TITLE[good.condition])
+                 & (table["level"] == LEVEL_FROM_TITLE[good.level])]  # fmt: skip
+    assert len(cell) == 1 and cell.iloc[0]["series_id"] == good.series_id
+    assert cell.iloc[0]["instance_number"] == good.instance_number
+    assert result.skipped[reason] == 1 and result.skipped[SKIP_SECOND_POINT] == 0

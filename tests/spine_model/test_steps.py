@@ -1,10 +1,12 @@
 import dataclasses
+import json
 import logging
 
 import pytest
 
 from spine_model.catalog import Workspace
 from spine_model.config import TrainConfig
+from spine_model.evaluate import evaluate_model
 from spine_model.ingest import dicom_path
 from spine_model.steps import (
     RunInputs,
@@ -15,6 +17,7 @@ from spine_model.steps import (
     store_step,
     train_step,
 )
+from spine_model.train import load_checkpoint
 
 
 def test_points_on_unreadable_images_are_dropped_counted_and_logged(tiny_copy, tmp_path, caplog):
@@ -57,5 +60,9 @@ def test_restore_best_chooses_the_checkpoint_that_is_evaluated_and_served(tiny_d
     last = dataclasses.replace(run, record=dataclasses.replace(run.record, config=config.model_copy(
         update={"restore_best": False})))  # fmt: skip
     assert last.weights == run.folder.last_checkpoint
-    evaluation, _ = evaluate_step(last, progress=False)
-    assert evaluation.score > 0
+    evaluation, paths = evaluate_step(last, progress=False)
+    # the last checkpoint's own score, computed apart, is what was evaluated and saved
+    model, saved_config = load_checkpoint(run.folder.last_checkpoint)
+    direct = evaluate_model(model, run.points, run.labels, run.record.split, run.store, saved_config, False)
+    assert evaluation.score == pytest.approx(direct.score) and evaluation.n_studies == direct.n_studies > 0
+    assert json.loads(paths["metrics"].read_text())["val_competition_score"] == pytest.approx(direct.score)

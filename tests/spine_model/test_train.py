@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import SequentialSampler
 
 from spine_model.catalog import checkpoint_files
 from spine_model.config import TrainConfig
@@ -10,7 +11,7 @@ from spine_model.families import get_family
 from spine_model.families.base import model_inputs
 from spine_model.ingest import build_long_table
 from spine_model.split import split_by_study
-from spine_model.train import load_checkpoint, make_loader, resolve_device, train_model
+from spine_model.train import Batches, load_checkpoint, make_loader, resolve_device, train_model
 from tests.conftest import FAMILIES
 
 
@@ -77,3 +78,24 @@ def test_batches_prepared_in_cpu_workers_train_like_batches_prepared_in_the_loop
     dataset = family.dataset(split.select(points, "val"), store, config, train=False)
     assert make_loader(dataset, config, False, device).prepared_in_workers
     assert not make_loader(dataset, config, False, device, prepare_in_workers=False).prepared_in_workers
+
+
+@pytest.mark.parametrize(("items", "size", "expected"), [(17, 8, [8, 9]), (16, 8, [8, 8]), (18, 8, [8, 8, 2]),
+                                                         (9, 8, [9]), (1, 8, [1]), (5, 1, [1] * 5)])  # fmt: skip
+def test_a_last_batch_of_one_item_joins_the_batch_before(items, size, expected):
+    batches = Batches(SequentialSampler(range(items)), size)
+    assert [len(batch) for batch in batches] == expected and len(batches) == len(expected)
+    assert sorted(i for batch in batches for i in batch) == list(range(items))  # every item, once
+
+
+@pytest.mark.parametrize("family_name", FAMILIES)
+def test_a_split_that_leaves_one_sample_over_trains(family_name, tiny_store):
+    """BatchNorm cannot train on a batch of one ("Expected more than 1 value per channel")."""
+    points, _, store, split = tiny_store
+    settings = {"model_family": family_name, "pretrained": False, "store_size": 32, "image_size": 32,
+                "crop_size": 16, "crop_pooling": "channels", "epochs": 1, "num_workers": 0, "lr": 1e-3}  # fmt: skip
+    family = get_family(family_name)
+    train_items = len(family.dataset(split.select(points, "train"), store, TrainConfig(**settings), train=True))
+    config = TrainConfig(**settings, batch_size=train_items - 1)  # one full batch, then one item over
+    _, result = train_model(points, split, store, config, progress=False)
+    assert math.isfinite(result.history[0].train_loss)
