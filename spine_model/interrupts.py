@@ -7,6 +7,11 @@ main thread, so that the run's own `except` and `finally` blocks end it (the las
 kept, the MLflow run KILLED with the epoch reached, the Prefect run Crashed), while helper
 processes ignore them (`ignore_in_helper`) and are stopped by their parent, never taken for a
 crash that deserves a retry. A second signal while the run winds down ends the process at once.
+
+Some work must not be cut in half: a write to a local sqlite store (MLflow's), cut by an exception
+between its statements, can leave the file locked for every later connection, and the run could
+then not even be marked KILLED. Such work runs under `deferred()`: a signal that arrives meanwhile
+is acted on as soon as the block ends.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from contextlib import contextmanager
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []  # the signals stop_on_signals has seen in this process
 _resume_hints: list[str] = []  # how to go on with the runs stopped in this process
+_deferring: list[int] = []  # one entry per `deferred()` block open in the main thread
+_pending: list[int] = []  # a stop signal that arrived inside a deferred block, not acted on yet
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -59,7 +66,26 @@ def _stop(signum: int, _frame) -> None:
         sys.stderr.flush()
         os._exit(128 + signum)
     _received.append(signum)
+    if _deferring:
+        _pending.append(signum)
+        return
     raise RunInterrupted(signum)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, a stop signal waits: RunInterrupted is raised when the outermost deferred
+    block ends (after it, whether it finished or failed). For short work only: the person waits."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _deferring.append(1)
+    try:
+        yield
+    finally:
+        _deferring.pop()
+        if not _deferring and _pending:
+            raise RunInterrupted(_pending.pop())
 
 
 @contextmanager

@@ -6,14 +6,17 @@ runs tasks in threads and child flows in other processes).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from spine_model import interrupts
 
 DEFAULT_EXPERIMENT = "rsna-lumbar-spine"
 # What a logged model needs at load time, pinned to this environment's versions. Given explicitly,
@@ -66,18 +69,40 @@ def client(tracking_uri: str | None = None):
     import mlflow
 
     uri = resolve_tracking_uri(tracking_uri)
-    if not uri.startswith("sqlite:///") or uri in _READY_STORES:
+    if not uri.startswith("sqlite:///"):
         return mlflow.MlflowClient(tracking_uri=uri)
-    from filelock import FileLock
+    if uri not in _READY_STORES:
+        from filelock import FileLock
 
-    database = Path(uri.removeprefix("sqlite:///"))
-    database.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{database}.lock", timeout=600):
-        mlflow_client = mlflow.MlflowClient(tracking_uri=uri)
-        mlflow_client.search_experiments(max_results=1)  # the tracking store: schema created or migrated
-        mlflow_client.search_registered_models(max_results=1)  # the registry's store over the same file
-    _READY_STORES.add(uri)
-    return mlflow_client
+        database = Path(uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(f"{database}.lock", timeout=600), interrupts.deferred():
+            mlflow_client = mlflow.MlflowClient(tracking_uri=uri)
+            mlflow_client.search_experiments(max_results=1)  # the tracking store: schema created or migrated
+            mlflow_client.search_registered_models(max_results=1)  # the registry's store over the same file
+        _READY_STORES.add(uri)
+    return _WholeCalls(mlflow.MlflowClient(tracking_uri=uri))
+
+
+class _WholeCalls:
+    """An MlflowClient over a local sqlite store whose calls are never cut in half by Ctrl-C or
+    SIGTERM (see interrupts.deferred): a write cut between its statements leaves the file locked,
+    and the stopped run could then not be marked KILLED ("database is locked")."""
+
+    def __init__(self, mlflow_client) -> None:
+        self._client = mlflow_client
+
+    def __getattr__(self, name: str):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def whole(*args, **kwargs):
+            with interrupts.deferred():
+                return attribute(*args, **kwargs)
+
+        return whole
 
 
 def start_run(
@@ -184,7 +209,8 @@ def log_artifacts(
 
 @contextmanager
 def active_run(run_id: str, tracking_uri: str | None = None) -> Iterator[None]:
-    """Make `run_id` MLflow's active run in this thread (for log_model calls), then give it back.
+    """Make `run_id` MLflow's active run in this thread (for log_model calls), then give it back;
+    on a sqlite store, a stop signal waits for the end of the block.
 
     Leaving mlflow.start_run's block marks the run FINISHED; the pipeline ends its run itself, so
     the status goes back to RUNNING here.
@@ -192,9 +218,17 @@ def active_run(run_id: str, tracking_uri: str | None = None) -> Iterator[None]:
     import mlflow
 
     mlflow.set_tracking_uri(resolve_tracking_uri(tracking_uri))
-    with mlflow.start_run(run_id=run_id):
+    with whole_calls(tracking_uri), mlflow.start_run(run_id=run_id):
         yield
     client(tracking_uri).update_run(run_id, status="RUNNING")
+
+
+def whole_calls(tracking_uri: str | None = None):
+    """A block of MLflow's fluent calls that Ctrl-C or SIGTERM does not cut in half, on a local
+    sqlite store (see _WholeCalls); an ordinary block for a tracking server."""
+    if resolve_tracking_uri(tracking_uri).startswith("sqlite:///"):
+        return interrupts.deferred()
+    return nullcontext()
 
 
 def log_pytorch_model(model, example_inputs: Mapping[str, np.ndarray], name: str = "model") -> str:

@@ -22,7 +22,7 @@ from spine_model.compare import (
     rebased_champion,
     servable,
 )
-from spine_model.tracking import client, resolve_tracking_uri
+from spine_model.tracking import client, resolve_tracking_uri, whole_calls
 
 MODEL_NAME = "spine-net"
 LOCALISER_NAME = "spine-localiser"
@@ -76,7 +76,8 @@ def register_version(run_id: str, model_uri: str, name: str = MODEL_NAME, tracki
     carried = mlflow_client.get_run(run_id).data.tags.get(LOCALISER_TAG)
     if carried:  # the version names the localiser version its serving model carries
         tags[LOCALISER_TAG] = carried
-    return mlflow.register_model(model_uri, name, tags=tags).version
+    with whole_calls(tracking_uri):
+        return mlflow.register_model(model_uri, name, tags=tags).version
 
 
 def alias_run_id(alias: str, name: str = MODEL_NAME, tracking_uri: str | None = None) -> str | None:
