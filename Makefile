@@ -50,6 +50,7 @@ test-fast: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check spine_model tasks flows tests benchmarks
+	$(BIN)/lint-imports
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/run.py --out benchmarks/RESULTS.md

@@ -10,7 +10,7 @@ typing-inspection). Per family, at the real data's settings:
 
 - model-only samples/s: training steps (forward, backward, Adam, bf16 autocast, channels_last) on
   one batch already on the GPU, prepared once;
-- loader-fed samples/s: `spine_model.train.run_epoch` over a DataLoader on the memory-mapped
+- loader-fed samples/s: `spine_model.training.loop.run_epoch` over a DataLoader on the memory-mapped
   store (workers, pinned memory, the batch resized, normalised and augmented on the GPU), the
   loop a real training run uses;
 - loader-fed / model-only (target: at least 90 %), peak GPU memory, and the projected time of one
@@ -35,13 +35,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from spine_model.catalog import StoreFiles  # noqa: E402
-from spine_model.config import TrainConfig  # noqa: E402
-from spine_model.constants import CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, SERIES_DESCRIPTIONS  # noqa: E402
+from spine_model.core.catalog import StoreFiles  # noqa: E402
+from spine_model.core.config import TrainConfig  # noqa: E402
+from spine_model.core.constants import CONDITION_SERIES, CONDITIONS, LABEL_COLUMNS, LEVELS, SERIES_DESCRIPTIONS  # noqa: E402
+from spine_model.data.volumes import GEOMETRY_COLUMNS, VolumeStore, index_rows  # noqa: E402
 from spine_model.families import get_family  # noqa: E402
 from spine_model.families.base import batches  # noqa: E402
-from spine_model.train import make_loader, model_batches, resolve_device, run_epoch  # noqa: E402
-from spine_model.volumes import GEOMETRY_COLUMNS, VolumeStore, index_rows  # noqa: E402
+from spine_model.training.devices import resolve_device
+from spine_model.training.loaders import make_loader, model_batches  # noqa: E402
+from spine_model.training.loop import run_epoch
 
 REAL_TRAIN = {"seed": 43_823, "crops": 43_823, "localiser": 16_200}  # items per epoch at the real size
 FAMILIES = {

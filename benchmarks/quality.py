@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from spine_model.settings import apply_offline_defaults  # noqa: E402
+from spine_model.core.settings import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
 
-import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
@@ -34,15 +33,17 @@ from flows.config import PipelineConfig  # noqa: E402
 from flows.predict import predict  # noqa: E402
 from flows.train import train_pipeline  # noqa: E402
 from spine_model import tracking  # noqa: E402
-from spine_model.catalog import RunFolder, Workspace  # noqa: E402
-from spine_model.compare import MODEL_SUMMARY, VAL_FINGERPRINT, comparison_table, markdown_table  # noqa: E402
-from spine_model.constants import SOLUTION_CSV  # noqa: E402
-from spine_model.evaluate import evaluate_predictions  # noqa: E402
-from spine_model.inference import Predictor, inference_frame  # noqa: E402
-from spine_model.metrics import class_prior, competition_score  # noqa: E402
-from spine_model.steps import RunInputs  # noqa: E402
-from spine_model.synth import generate_dataset  # noqa: E402
-from spine_model.volumes import VolumeStore  # noqa: E402
+from spine_model.core.catalog import RunFolder, Workspace  # noqa: E402
+from spine_model.core.cells import prior_cells  # noqa: E402
+from spine_model.core.constants import SOLUTION_CSV  # noqa: E402
+from spine_model.data.synth import generate_dataset  # noqa: E402
+from spine_model.data.volumes import VolumeStore  # noqa: E402
+from spine_model.evaluation.compare import MODEL_SUMMARY, VAL_FINGERPRINT, comparison_table, markdown_table  # noqa: E402
+from spine_model.evaluation.metric import class_prior, competition_score  # noqa: E402
+from spine_model.evaluation.reports import evaluate_predictions  # noqa: E402
+from spine_model.inference.frames import inference_frame
+from spine_model.inference.predictor import Predictor  # noqa: E402
+from spine_model.pipeline.run import RunInputs  # noqa: E402
 
 EXPERIMENT = "quality-benchmark"
 # Axial stacks as dense as the real data's (about 4-7 mm between slices), so that each level has a
@@ -100,7 +101,7 @@ def log_prior_run(run_dir: str, tracking_uri: str) -> str:
     run = RunInputs.load(run_dir)
     split = run.record.split
     prior = class_prior(split.select(run.labels, "train"))
-    cells = {int(s): np.repeat(prior[:, None, :], 5, axis=1) for s in split.val_study_ids}
+    cells = {int(s): prior_cells(prior) for s in split.val_study_ids}
     evaluation = evaluate_predictions(cells, run.labels, prior)
     started = time.time()
     run_id = tracking.start_run(EXPERIMENT, "prior", tracking_uri=tracking_uri)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from spine_model.settings import apply_offline_defaults  # noqa: E402
+from spine_model.core.settings import apply_offline_defaults  # noqa: E402
 
 apply_offline_defaults()
 
@@ -43,13 +43,15 @@ from benchmarks.seed_style import (  # noqa: E402
     preprocess_to_png,
     seed_style_steps,
 )
-from spine_model.config import TrainConfig  # noqa: E402
+from spine_model.core.config import TrainConfig  # noqa: E402
+from spine_model.data.ingest import build_long_table  # noqa: E402
+from spine_model.data.synth import generate_dataset  # noqa: E402
+from spine_model.data.volumes import VolumeStore, build_volume_store, locate_points  # noqa: E402
 from spine_model.families import get_family  # noqa: E402
-from spine_model.ingest import build_long_table  # noqa: E402
-from spine_model.steps import series_to_store  # noqa: E402
-from spine_model.synth import generate_dataset  # noqa: E402
-from spine_model.train import make_loader, resolve_device, run_epoch  # noqa: E402
-from spine_model.volumes import VolumeStore, build_volume_store, locate_points  # noqa: E402
+from spine_model.pipeline.data import series_to_store  # noqa: E402
+from spine_model.training.devices import resolve_device
+from spine_model.training.loaders import make_loader  # noqa: E402
+from spine_model.training.loop import run_epoch
 
 REAL_SIZES = {"image_size": (384, 640), "n_slices": (15, 20), "axial_slices": (20, 40)}
 REAL_DATA = {"studies": 1975, "points": 48_692, "dicom_files": 150_000, "val_fraction": 0.1}
@@ -163,7 +165,7 @@ def loaders(points: pd.DataFrame, store: VolumeStore, png_dir: Path, workers: in
 def train_steps(
     points: pd.DataFrame, store: VolumeStore, png_dir: Path, workers: int, steps: int, repeats: int
 ) -> dict:
-    """SpineNet at 224 px, batch 32, fed by each loader: the notebook's loop vs `spine_model.train.run_epoch`."""
+    """SpineNet at 224 px, batch 32, fed by each loader: the notebook's loop vs `training.loop.run_epoch`."""
     device = resolve_device("auto")
     family = get_family("seed")
     subset = points.sample(n=min(len(points), steps * BATCH), random_state=0)
@@ -207,10 +209,10 @@ def epoch_peak_rss(points_path: Path, store_root: Path) -> dict:
         "def peak():\n"
         "    lines = open('/proc/self/status').read().splitlines()\n"
         "    return next(int(line.split()[1]) for line in lines if line.startswith('VmHWM')) / 1024\n"
-        "from spine_model.config import TrainConfig\n"
+        "from spine_model.core.config import TrainConfig\n"
         "from spine_model.families import get_family\n"
         "from spine_model.families.base import batches\n"
-        "from spine_model.volumes import VolumeStore\n"
+        "from spine_model.data.volumes import VolumeStore\n"
         "points, store = pd.read_parquet(sys.argv[1]), VolumeStore(sys.argv[2])\n"
         "before = peak()\n"
         "for name in ('seed', 'crops'):\n"
@@ -244,8 +246,11 @@ def orchestration(data: Path, work: Path) -> dict:
     from flows.config import PipelineConfig
     from flows.train import train_pipeline
     from spine_model import tracking
-    from spine_model.catalog import Workspace
-    from spine_model.steps import evaluate_step, ingest_step, prepare_run, store_step, train_step
+    from spine_model.core.catalog import Workspace
+    from spine_model.pipeline.data import ingest_step, store_step
+    from spine_model.pipeline.evaluate import evaluate_step
+    from spine_model.pipeline.run import prepare_run
+    from spine_model.pipeline.train import train_step
 
     config = PipelineConfig(data_dir=str(data), **ORCHESTRATED)
     library_work = Workspace(work / "library")

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from spine_model.constants import MISSING_LABEL, images_dir
-from spine_model.dicom import to_uint8
-from spine_model.families.base import IMAGE_MEAN, IMAGE_STD, cell_index, point_labels
+from spine_model.core.cells import cell_index
+from spine_model.core.constants import MISSING_LABEL, images_dir
+from spine_model.data.dicom import to_uint8
+from spine_model.families.base import IMAGE_MEAN, IMAGE_STD, point_labels
 
 
 def png_path(out_dir: Path, study_id: int, series_id: int, instance_number: int) -> Path:

@@ -17,6 +17,8 @@ from rich.console import Console
 
 import flows  # noqa: F401  (sets the offline defaults before Prefect or MLflow load)
 from flows.config import PipelineConfig
+from spine_model.core.catalog import CHAMPION_URI, DEFAULT_WORKDIR, DEMO_DATA, MODEL_NAME
+from spine_model.tracking.runs import DEFAULT_EXPERIMENT
 
 app = typer.Typer(
     help="RSNA 2024 lumbar spine degeneration pipeline: Kaggle data in, a model family (seed SpineNet "
@@ -29,8 +31,6 @@ app = typer.Typer(
 console = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-DEMO_DATA = Path("spine_outputs/demo_data")
-CHAMPION_URI = "models:/spine-net@champion"
 TRACKING_URI_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)"
 
 
@@ -42,10 +42,10 @@ def _fail(message: str) -> typer.Exit:
 @contextmanager
 def _stoppable() -> Iterator[None]:
     """Around a command that runs Prefect flows: Ctrl-C and SIGTERM stop the run through its own
-    clean-up (spine_model.interrupts), and Prefect's temporary server, when one is started, is out
+    clean-up (spine_model.core.interrupts), and Prefect's temporary server, when one is started, is out
     of their reach until the run has reported how it ended (flows/server.py)."""
     from flows.server import detach_temporary_server
-    from spine_model.interrupts import stop_on_signals
+    from spine_model.core.interrupts import stop_on_signals
 
     detach_temporary_server()
     with stop_on_signals():
@@ -54,7 +54,7 @@ def _stoppable() -> Iterator[None]:
 
 def _stopped(stop: KeyboardInterrupt, resume: str) -> typer.Exit:
     """What a person reads after stopping a run: how to go on; exit status 130 (SIGINT) or 143 (SIGTERM)."""
-    from spine_model.interrupts import RunInterrupted, resume_hints
+    from spine_model.core.interrupts import RunInterrupted, resume_hints
 
     hints = resume_hints() or [resume]
     err.print(f"\n[bold yellow]stopped:[/] {stop or 'interrupted'}; resume with: {hints[-1]}")
@@ -71,7 +71,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="random seed; same seed, same files")] = 0,
 ) -> None:
     """Write a synthetic dataset in the exact Kaggle layout (DICOM + CSVs)."""
-    from spine_model.synth import generate_dataset
+    from spine_model.data.synth import generate_dataset
 
     summary = generate_dataset(out, studies, test_studies, image_size, slices, seed)
     console.print(summary.describe())
@@ -81,15 +81,15 @@ def synth(
 def ingest(
     data_dir: Annotated[Path, typer.Argument(help="Kaggle-layout data folder")],
     out: Annotated[Path | None, typer.Option(help="also copy the long table to this parquet file")] = None,
-    workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
+    workdir: Annotated[Path, typer.Option(help="outputs folder")] = DEFAULT_WORKDIR,
 ) -> None:
     """Build the long table (one row per coordinate row, with the study's 25 labels) and the labels
     as parquet, in WORKDIR/cache/: the pipeline's own ingest step, whose output it then reuses."""
     import shutil
 
-    from spine_model.catalog import Workspace
-    from spine_model.ingest import DataError
-    from spine_model.steps import ingest_step
+    from spine_model.core.catalog import Workspace
+    from spine_model.data.ingest import DataError
+    from spine_model.pipeline.data import ingest_step
 
     try:
         ingested = ingest_step(data_dir, Workspace(workdir).dataset(data_dir))
@@ -109,7 +109,7 @@ def preprocess(
     ] = "train",
     store_size: Annotated[int, typer.Option(min=16, help="in-plane size of the stored slices in pixels")] = 256,
     workers: Annotated[int | None, typer.Option(min=1, help="processes (default: all cores)")] = None,
-    workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
+    workdir: Annotated[Path, typer.Option(help="outputs folder")] = DEFAULT_WORKDIR,
 ) -> None:
     """Decode every series the split needs into a volume store once (reruns redo only what changed).
 
@@ -118,10 +118,10 @@ def preprocess(
     'train', ingest first, and the coordinate rows whose image could not be stored are counted by
     reason, as training would drop them.
     """
-    from spine_model.catalog import Workspace
-    from spine_model.ingest import DataError
-    from spine_model.steps import ingest_step, series_to_store, store_step
-    from spine_model.volumes import VolumeStore, describe_unplaced, locate_points
+    from spine_model.core.catalog import Workspace
+    from spine_model.data.ingest import DataError
+    from spine_model.data.volumes import VolumeStore, describe_unplaced, locate_points
+    from spine_model.pipeline.data import ingest_step, series_to_store, store_step
 
     cache = Workspace(workdir).dataset(data_dir)
     try:
@@ -152,7 +152,7 @@ def validate(
     training skips, counts and logs (e.g. missing images, repeated rows, points outside their image,
     labels without points, files no decoder reads). Train runs the same checks first.
     """
-    from spine_model.validate import validate_data
+    from spine_model.data.validate import validate_data
 
     report = validate_data(data_dir, split, workers, progress=sys.stderr.isatty())
     typer.echo(report.describe())
@@ -198,11 +198,11 @@ def _train_command(**options) -> None:
     from pydantic import ValidationError
 
     from flows.train import train_pipeline
-    from spine_model.catalog import RunFolder
+    from spine_model.core.catalog import RunFolder
+    from spine_model.data.ingest import DataError
     from spine_model.families.backbones import PretrainedWeightsUnavailable
-    from spine_model.ingest import DataError
-    from spine_model.preflight import SetupError
-    from spine_model.train import TrainingDiverged
+    from spine_model.pipeline.preflight import SetupError
+    from spine_model.training.loop import TrainingDiverged
 
     if options["data_dir"] is None and not options.get("resume"):
         raise _fail("DATA_DIR is missing: give the Kaggle-layout data folder (or --resume RUN_DIR)")
@@ -215,10 +215,10 @@ def _train_command(**options) -> None:
     except ValidationError as error:
         raise _fail("; ".join(e["msg"] for e in error.errors())) from None
     if config.resume:
-        from flows.train import PipelineRun
+        from spine_model.pipeline.run import PipelineRun
 
-        try:
-            PipelineRun.load(config.resume)  # before any Prefect flow run starts: a clear line, not a failed run
+        try:  # before any Prefect flow run starts: a clear line, not a failed run
+            PipelineRun.load(config.resume, PipelineConfig)
         except ValueError as error:
             raise _fail(str(error)) from None
     try:
@@ -261,7 +261,8 @@ def evaluate(
     ] = "best",
 ) -> None:
     """Evaluate a run's checkpoint on its validation split and print the report."""
-    from spine_model.steps import RunInputs, evaluate_step
+    from spine_model.pipeline.evaluate import evaluate_step
+    from spine_model.pipeline.run import RunInputs
 
     if checkpoint not in ("best", "last"):
         raise _fail(f"--checkpoint must be 'best' or 'last', not {checkpoint!r}")
@@ -275,9 +276,9 @@ def evaluate(
 
 @app.command()
 def compare(
-    experiment: Annotated[str, typer.Option(help="MLflow experiment to rank")] = "rsna-lumbar-spine",
+    experiment: Annotated[str, typer.Option(help="MLflow experiment to rank")] = DEFAULT_EXPERIMENT,
     tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_URI_HELP)] = None,
-    model_name: Annotated[str, typer.Option(help="registered model name")] = "spine-net",
+    model_name: Annotated[str, typer.Option(help="registered model name")] = MODEL_NAME,
     update_registry: Annotated[
         bool, typer.Option("--update-registry/--no-update-registry", help="register the best run, move aliases")
     ] = True,
@@ -293,9 +294,9 @@ def compare(
         Path | None,
         typer.Option(help="with --rebase: the data folder of those studies (default: the one that run trained on)"),
     ] = None,
-    workdir: Annotated[Path, typer.Option(help="with --rebase: outputs folder (the volume store it reads)")] = Path(
-        "spine_outputs"
-    ),
+    workdir: Annotated[
+        Path, typer.Option(help="with --rebase: outputs folder (the volume store it reads)")
+    ] = DEFAULT_WORKDIR,
 ) -> None:
     """Rank an experiment's finished runs by validation competition score; update champion/challenger.
 
@@ -307,7 +308,7 @@ def compare(
     from rich.table import Table
 
     from flows.compare import compare_models
-    from spine_model.compare import comparison_table
+    from spine_model.evaluation.compare import comparison_table
 
     result = compare_models(
         experiment, tracking_uri, model_name, update_registry, rebase=rebase,
@@ -336,7 +337,7 @@ def predict(
         bool, typer.Option("--use-coordinates/--no-use-coordinates", help="use train_label_coordinates.csv points")
     ] = False,
     tracking_uri: Annotated[str | None, typer.Option(help=TRACKING_URI_HELP)] = None,
-    workdir: Annotated[Path, typer.Option(help="outputs folder")] = Path("spine_outputs"),
+    workdir: Annotated[Path, typer.Option(help="outputs folder")] = DEFAULT_WORKDIR,
     workers: Annotated[int | None, typer.Option(min=1, help="decoding processes (default: all cores)")] = None,
 ) -> None:
     """Predict every study of a split into a Kaggle submission (25 rows per study).
@@ -345,8 +346,8 @@ def predict(
     beside the prior baseline when the data folder has test_solution.csv.
     """
     from flows.predict import predict as predict_flow
-    from spine_model.ingest import DataError
-    from spine_model.preflight import SetupError
+    from spine_model.data.ingest import DataError
+    from spine_model.pipeline.preflight import SetupError
 
     try:
         with _stoppable():

@@ -5,9 +5,8 @@ from __future__ import annotations
 from prefect import flow
 
 from spine_model import tracking
-from spine_model.catalog import Workspace
-from spine_model.compare import Rebased
-from spine_model.tracking.registry import MODEL_NAME
+from spine_model.core.catalog import DEFAULT_WORKDIR, MODEL_NAME, Workspace
+from spine_model.evaluation.compare import Rebased
 from tasks.data import volume_store
 from tasks.predict import store_size_task
 from tasks.registry import (
@@ -29,7 +28,7 @@ def compare_models(
     champion_margin: float = 0.0,
     rebase: bool = False,
     data_dir: str | None = None,
-    workdir: str = "spine_outputs",
+    workdir: str = str(DEFAULT_WORKDIR),
 ) -> dict:
     """Rank the experiment's finished runs by validation competition score (lower is better).
 

@@ -10,64 +10,45 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from spine_model.config import FAMILY_DEFAULTS, TrainConfig
+from spine_model.core.catalog import DEFAULT_WORKDIR, DEMO_DATA, LOCALISER_URI, MODEL_NAME
+from spine_model.core.config import FAMILY_DEFAULTS, TrainConfig
 from spine_model.tracking import DEFAULT_EXPERIMENT
 
 GPU_DEPLOYMENT = "train-on-gpu/spine-train-gpu"
 LOCALISER_DEPLOYMENT = "train-localiser/spine-localiser-gpu"
-LOCALISER_URI = "models:/spine-localiser@champion"
 
 
 # The run form (Prefect UI), `spine train --help` and the README list the settings in this order,
-# as a person fills them: data, model, localiser, training, hardware, dispatch, tracking. Each is
-# (field, title); the section is the title's prefix in the form.
-FORM: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+# as a person fills them: data, model, localiser, training, hardware, dispatch, tracking. Each
+# field's title (its `Field(title=...)`) follows its section's name in the form.
+FORM: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("Data", (
-        ("data_dir", "data folder (Kaggle layout)"), ("val_fraction", "validation share of studies"),
-        ("split_seed", "split seed"), ("validate_first", "check the data first"),
-        ("store_size", "volume store size (pixels)"), ("preprocess_workers", "store-building processes (0: all cores)"),
+        "data_dir", "val_fraction", "split_seed", "validate_first", "store_size", "preprocess_workers",
     )),
     ("Model", (
-        ("model_family", "model family"), ("backbone", "backbone (torchvision model)"),
-        ("pretrained", "ImageNet weights"),
-        ("image_size", "slice size (pixels, seed)"), ("crop_slices", "slices per crop (crops)"),
-        ("crop_size", "crop size (pixels, crops)"), ("crop_fraction", "crop side, share of the image (crops)"),
-        ("crop_mm", "crop side (millimetres, crops; 0: use the share)"), ("crop_pooling", "slice pooling (crops)"),
-        ("crop_jitter", "point jitter, share of the crop (crops)"), ("crop_jitter_slices", "slice jitter (crops)"),
+        "model_family", "backbone", "pretrained", "image_size", "crop_slices", "crop_size", "crop_fraction",
+        "crop_mm", "crop_pooling", "crop_jitter", "crop_jitter_slices",
     )),
     ("Localiser", (
-        ("localiser", "localiser (stage 1)"), ("localiser_uri", "registered localiser to reuse"),
-        ("localiser_backbone", "localiser backbone"), ("localiser_image_size", "localiser slice size (pixels)"),
-        ("localiser_epochs", "localiser epochs"), ("localiser_lr", "localiser learning rate"),
-        ("localiser_batch_size", "localiser batch size"),
+        "localiser", "localiser_uri", "localiser_backbone", "localiser_image_size", "localiser_epochs",
+        "localiser_lr", "localiser_batch_size",
     )),
     ("Training", (
-        ("epochs", "training epochs"), ("batch_size", "batch size (0: the family's)"),
-        ("lr", "learning rate (0: the family's)"),
-        ("weight_decay", "weight decay"), ("class_weights", "class weights (Normal/Mild, Moderate, Severe)"),
-        ("augment", "augmentation"), ("lr_patience", "learning-rate patience (epochs)"),
-        ("lr_factor", "learning-rate decay factor"), ("grad_clip", "gradient clipping (norm; 0: off)"),
-        ("seed", "random seed"), ("restore_best", "keep the best epoch's weights"),
+        "epochs", "batch_size", "lr", "weight_decay", "class_weights", "augment", "lr_patience", "lr_factor",
+        "grad_clip", "seed", "restore_best",
     )),
     ("Hardware", (
-        ("device", "device (auto, cpu, cuda, cuda:N)"), ("gpus", "GPUs (one node)"),
-        ("num_workers", "loader worker processes"),
-        ("amp", "bfloat16 autocast (CUDA)"), ("channels_last", "channels-last memory order"),
-        ("compile", "torch.compile"), ("cudnn_benchmark", "cuDNN autotuning"),
+        "device", "gpus", "num_workers", "amp", "channels_last", "compile", "cudnn_benchmark",
     )),
     ("Dispatch", (
-        ("dispatch", "where training runs"), ("gpu_deployment", "GPU deployment (classifier)"),
-        ("localiser_deployment", "GPU deployment (localiser)"),
-        ("dispatch_timeout_s", "wait for the GPU runs (seconds)"),
+        "dispatch", "gpu_deployment", "localiser_deployment", "dispatch_timeout_s",
     )),
     ("Tracking", (
-        ("experiment", "MLflow experiment"), ("tracking_uri", "MLflow tracking URI (empty: default)"),
-        ("model_name", "registered model name"), ("compare_after", "compare and update the registry after"),
-        ("champion_margin", "champion margin over the prior baseline"), ("workdir", "outputs folder"),
-        ("resume", "resume a run folder (empty: a new run)"), ("run_name", "run name"),
+        "experiment", "tracking_uri", "model_name", "compare_after", "champion_margin", "workdir", "resume",
+        "run_name",
     )),
 )  # fmt: skip
-FORM_ORDER = tuple(name for _, fields in FORM for name, _ in fields)
+FORM_ORDER = tuple(name for _, fields in FORM for name in fields)
 # Not in the run form: the Prefect run's own name names the run folder and the MLflow run.
 CLI_ONLY = ("run_name",)
 EMPTY_MEANS_NONE = {
@@ -80,7 +61,7 @@ def _form_schema(schema: dict, model: type) -> None:
     title, a `position` each, no str/None switch (an empty value or 0 stands for "the default",
     said in the title), and no item-count hint under the class weights."""
     properties = schema["properties"]
-    titles = {name: f"{section}: {title}" for section, fields in FORM for name, title in fields}
+    sections = {name: section for section, fields in FORM for name in fields}
     ordered = {}
     for position, name in enumerate(name for name in FORM_ORDER if name not in CLI_ONLY):
         field = properties[name]
@@ -90,7 +71,7 @@ def _form_schema(schema: dict, model: type) -> None:
             if "minimum" in field or "exclusiveMinimum" in field:  # 0 itself stands for the default
                 field["minimum"] = min(field.get("minimum", 0), field.pop("exclusiveMinimum", 0), 0)
         field.pop("minItems", None), field.pop("maxItems", None)
-        ordered[name] = {**field, "title": titles[name], "position": position}
+        ordered[name] = {**field, "title": f"{sections[name]}: {field['title']}", "position": position}
     schema["properties"] = ordered
     # The settings the form does not show (run_name) may still come through the API; pydantic
     # refuses unknown ones when the flow starts.
@@ -98,14 +79,14 @@ def _form_schema(schema: dict, model: type) -> None:
 
 
 def section_of(name: str) -> str:
-    return next(section for section, fields in FORM if any(field == name for field, _ in fields))
+    return next(section for section, fields in FORM if name in fields)
 
 
 def settings_markdown() -> str:
     """The README's table of settings, in the form's order (a test keeps the README in step)."""
     rows = ["| section | setting (`spine train` option) | default | what |", "|---|---|---|---|"]
     for section, fields in FORM:
-        for name, _ in fields:
+        for name in fields:
             field = PipelineConfig.model_fields[name]
             default = field.default if field.default is not None else ""
             what = (field.description or "").replace("|", "/")
@@ -118,14 +99,20 @@ class PipelineConfig(TrainConfig):
 
     model_config = ConfigDict(**TrainConfig.model_config, json_schema_extra=_form_schema)
 
-    data_dir: str = Field("spine_outputs/demo_data", description="Kaggle-layout data folder")
-    workdir: str = Field("spine_outputs", description="folder for caches and run folders")
-    experiment: str = Field(DEFAULT_EXPERIMENT, description="MLflow experiment")
-    run_name: str | None = Field(None, description="run folder and MLflow run name (default: time + flow run name)")
-    tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)"
+    data_dir: str = Field(str(DEMO_DATA), title="data folder (Kaggle layout)", description="Kaggle-layout data folder")
+    workdir: str = Field(str(DEFAULT_WORKDIR), title="outputs folder", description="folder for caches and run folders")
+    experiment: str = Field(DEFAULT_EXPERIMENT, title="MLflow experiment", description="MLflow experiment")
+    run_name: str | None = Field(
+        None, title="run name", description="run folder and MLflow run name (default: time + flow run name)"
     )
-    dispatch: Literal["local", "work-pool"] = Field("local", description="train in-process, or on the GPU work pool")
+    tracking_uri: str | None = Field(
+        None,
+        title="MLflow tracking URI (empty: default)",
+        description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+    dispatch: Literal["local", "work-pool"] = Field(
+        "local", title="where training runs", description="train in-process, or on the GPU work pool"
+    )
 
     @field_validator(*EMPTY_MEANS_NONE, mode="before")
     @classmethod
@@ -144,44 +131,80 @@ class PipelineConfig(TrainConfig):
             )
         return value
 
-    gpu_deployment: str = Field(GPU_DEPLOYMENT, description="deployment that trains when dispatch='work-pool'")
-    dispatch_timeout_s: float = Field(
-        6 * 3600, gt=0, description="how long to wait for the GPU flow runs, in seconds (default 6 hours)"
+    gpu_deployment: str = Field(
+        GPU_DEPLOYMENT,
+        title="GPU deployment (classifier)",
+        description="deployment that trains when dispatch='work-pool'",
     )
-    compare_after: bool = Field(True, description="rank the experiment's runs and update the registry afterwards")
+    dispatch_timeout_s: float = Field(
+        6 * 3600,
+        gt=0,
+        title="wait for the GPU runs (seconds)",
+        description="how long to wait for the GPU flow runs, in seconds (default 6 hours)",
+    )
+    compare_after: bool = Field(
+        True,
+        title="compare and update the registry after",
+        description="rank the experiment's runs and update the registry afterwards",
+    )
     validate_first: bool = Field(
-        True, description="run `spine validate`'s checks before ingesting, counts to MLflow (reads each DICOM header)"
+        True,
+        title="check the data first",
+        description="run `spine validate`'s checks before ingesting, counts to MLflow (reads each DICOM header)",
     )
     resume: str | None = Field(
         None,
+        title="resume a run folder (empty: a new run)",
         description="run folder of an interrupted run: go on from its last saved epoch, in its MLflow run, with "
         "its own settings (the other settings given are not used)",
     )
-    model_name: str = Field("spine-net", description="registered model name for the champion/challenger aliases")
+    model_name: str = Field(
+        MODEL_NAME,
+        title="registered model name",
+        description="registered model name for the champion/challenger aliases",
+    )
     champion_margin: float = Field(
         0.0, ge=0,
+        title="champion margin over the prior baseline",
         description="champion only for a run whose validation score is below its own prior baseline's by more "
         "than this (competition-metric units); otherwise it stays challenger",
     )  # fmt: skip
     preprocess_workers: int | None = Field(
-        None, ge=1, description="processes that build the volume store (default: all cores)"
+        None,
+        ge=1,
+        title="store-building processes (0: all cores)",
+        description="processes that build the volume store (default: all cores)",
     )
     localiser: Literal["auto", "train", "reuse", "off"] = Field(
         "auto",
+        title="localiser (stage 1)",
         description="stage 1 for test-time points: 'train' a localiser beside the classifier, 'reuse' a "
         "registered one (localiser_uri), 'off' (coordinate prior only); 'auto': train for crops, off for seed",
     )
-    localiser_uri: str = Field(LOCALISER_URI, description="the registered localiser that localiser='reuse' takes")
-    localiser_backbone: str = Field("resnet18", description="localiser: ResNet trunk")
-    localiser_image_size: int = Field(256, ge=32, le=1024, description="localiser: input slice size in pixels")
-    localiser_epochs: int = Field(10, ge=1, description="localiser: training epochs")
-    localiser_lr: float = Field(FAMILY_DEFAULTS["localiser"]["lr"], gt=0, description="localiser: Adam learning rate")
+    localiser_uri: str = Field(
+        LOCALISER_URI,
+        title="registered localiser to reuse",
+        description="the registered localiser that localiser='reuse' takes",
+    )
+    localiser_backbone: str = Field("resnet18", title="localiser backbone", description="localiser: ResNet trunk")
+    localiser_image_size: int = Field(
+        256, ge=32, le=1024, title="localiser slice size (pixels)", description="localiser: input slice size in pixels"
+    )
+    localiser_epochs: int = Field(10, ge=1, title="localiser epochs", description="localiser: training epochs")
+    localiser_lr: float = Field(
+        FAMILY_DEFAULTS["localiser"]["lr"],
+        gt=0,
+        title="localiser learning rate",
+        description="localiser: Adam learning rate",
+    )
     localiser_batch_size: int = Field(
         FAMILY_DEFAULTS["localiser"]["batch_size"], ge=1,
-        description="localiser: series (sagittal) or labelled slices (axial) per batch",
+        title="localiser batch size", description="localiser: series (sagittal) or labelled slices (axial) per batch",
     )  # fmt: skip
     localiser_deployment: str = Field(
-        LOCALISER_DEPLOYMENT, description="deployment that trains the localiser when dispatch='work-pool'"
+        LOCALISER_DEPLOYMENT,
+        title="GPU deployment (localiser)",
+        description="deployment that trains the localiser when dispatch='work-pool'",
     )
 
     def train_config(self) -> TrainConfig:

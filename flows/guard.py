@@ -1,6 +1,6 @@
 """How a stopped run is recorded, and a watchman for the runs whose process is killed outright.
 
-A run stopped by Ctrl-C or SIGTERM ends itself (see spine_model.interrupts): the flow's own
+A run stopped by Ctrl-C or SIGTERM ends itself (see spine_model.core.interrupts): the flow's own
 `except` marks its MLflow runs KILLED with the epoch reached (`mark_stopped`), Prefect marks the
 flow run Crashed, and the last checkpoint stays for `spine train --resume`.
 
@@ -37,8 +37,8 @@ def mark_stopped(run_id: str, run_dir: str | Path, tracking_uri: str, how: str) 
     how it was stopped and the command that resumes it; returns a line saying so. An unreachable
     tracking server is skipped after a few seconds (the line says so), never waited on."""
     from spine_model import tracking
-    from spine_model.catalog import RunFolder, RunRecord, resume_folder
-    from spine_model.train import saved_epoch
+    from spine_model.core.catalog import RunFolder, RunRecord, resume_folder
+    from spine_model.training.checkpoints import saved_epoch
 
     folder = RunFolder(run_dir)
     epoch = saved_epoch(folder.checkpoints)
@@ -117,7 +117,7 @@ def guarding(flow_run_id: str | None, runs: dict[str, str], tracking_uri: str, r
         yield guard
         return
     from flows.server import api_url, temporary_server
-    from spine_model.catalog import RunFolder
+    from spine_model.core.catalog import RunFolder
 
     server = temporary_server()
     guard = Guard.start(

@@ -7,11 +7,9 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 
 from spine_model import tracking
-from spine_model.catalog import Workspace
+from spine_model.core.catalog import CHAMPION_URI, DEFAULT_WORKDIR, Workspace
 from tasks.data import preflight_task, volume_store
 from tasks.predict import inference_frame_task, predict_task, score_task, store_size_task
-
-CHAMPION_URI = "models:/spine-net@champion"
 
 
 @flow(name="predict", log_prints=True)
@@ -22,7 +20,7 @@ def predict(
     out: str = "submission.csv",
     use_coordinates: bool = False,
     tracking_uri: str | None = None,
-    workdir: str = "spine_outputs",
+    workdir: str = str(DEFAULT_WORKDIR),
     workers: int | None = None,
 ) -> dict:
     """Predict every study of `{split}_series_descriptions.csv`; 25 normalised rows per study.

@@ -13,11 +13,11 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from spine_model.settings import OFFLINE_DEFAULTS
+from spine_model.core.http import health_problem
+from spine_model.core.settings import OFFLINE_DEFAULTS
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -50,12 +50,8 @@ def _wait_until_healthy(url: str, process: subprocess.Popen, name: str, log: Pat
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"{name} exited with code {process.returncode}; see {log}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+        if health_problem(url, timeout_s=2) is None:
+            return
         time.sleep(0.5)
     raise TimeoutError(f"{name} not healthy at {url} after {timeout_s:.0f} s; see {log}")
 

@@ -12,31 +12,27 @@ must see) and MLflow run ids; within each process, tasks hand each other objects
 from __future__ import annotations
 
 import datetime as dt
-import json
 import signal
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from prefect.client.orchestration import get_client
-from prefect.deployments import run_deployment
-from prefect.exceptions import ObjectNotFound
 from prefect.runtime import deployment, flow_run
-from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
-from prefect.states import Cancelling
 
 from flows.compare import compare_models
 from flows.config import PipelineConfig, TrainRequest
+from flows.dispatch import Job, run_on_pool
 from flows.guard import Guard, guarding, mark_stopped
-from spine_model import interrupts, tracking
-from spine_model.catalog import RunFolder, Workspace, atomic_write, resume_folder
-from spine_model.compare import MODEL_SUMMARY
+from spine_model import tracking
+from spine_model.core import interrupts
+from spine_model.core.catalog import RunFolder, Workspace, resume_folder
+from spine_model.core.interrupts import is_interrupt
+from spine_model.evaluation.compare import MODEL_SUMMARY
 from spine_model.families import get_family
-from spine_model.interrupts import is_interrupt
-from spine_model.steps import RunInputs, read_metrics, read_model_uris
+from spine_model.pipeline.evaluate import read_metrics
+from spine_model.pipeline.publish import read_model_uris
+from spine_model.pipeline.run import PipelineRun, RunInputs
 from spine_model.tracking.registry import LOCALISER_TAG
 from tasks.data import ingest, preflight_task, prepare_run_task, read_tables_task, validate_task, volume_store
 from tasks.registry import fetch_localiser_task, localiser_version_task, register_localiser_task
@@ -95,110 +91,19 @@ def _child_run(request: TrainRequest) -> Iterator[None]:
 
 
 def _dispatch_to_work_pool(jobs: list[tuple[str, TrainRequest, str]], config: PipelineConfig) -> dict[str, str]:
-    """Start every (label, request, deployment) on the work pool at once, wait for all (showing their epochs
-    on this flow run), and fail clearly if any fails, is missing or outlasts the timeout. Returns a
-    link to each child flow run, by label."""
+    """Start every (label, request, deployment) on the work pool at once and wait for all, showing their
+    epochs on this flow run (see flows/dispatch.py). Returns a link to each child flow run, by label."""
     watch = TrainingWatch({label: request.run_dir for label, request, _ in jobs})  # before any child writes
-    children = []
-    for label, request, deployment_name in jobs:
-        try:
-            children.append(
-                run_deployment(
-                    deployment_name,
-                    parameters={"request": request.model_dump()},
-                    timeout=0,
-                    flow_run_name=f"{resume_folder(request.run_dir).name}-{label}",
-                )  # fmt: skip
-            )
-        except ObjectNotFound:
-            _cancel(children, "another training run of the pipeline failed to start")
-            raise RuntimeError(
-                f"deployment {deployment_name!r} not found on the Prefect server at "
-                f"{PREFECT_API_URL.value() or '(temporary server)'}: register the deployments of prefect.yaml "
-                "with `spine stack` (or `prefect deploy` as prefect.yaml's header says), "
-                "or train in-process with dispatch='local'"
-            ) from None
-    try:
-        finished = _wait_for(children, config.dispatch_timeout_s, on_poll=watch.poll)
-    except BaseException:  # this flow stops (interrupted, cancelled): the GPU runs it started stop too
-        _cancel(children, "the pipeline flow run that started it was stopped")
-        raise
-    watch.poll()  # the last epochs
-    failures = [
-        f"{run.name} ({run.id}) of deployment {deployment_name}: "
-        + (run.state.name if run.state else "no state")
-        + (
-            ""
-            if run.state is not None and run.state.is_final()
-            else f", not finished after {config.dispatch_timeout_s:.0f} s"
-        )
-        for run, (_, _, deployment_name) in zip(finished, jobs, strict=True)
-        if run.state is None or not run.state.is_completed()
+    runs = [
+        Job(label, deployment_name, {"request": request.model_dump()}, f"{resume_folder(request.run_dir).name}-{label}")
+        for label, request, deployment_name in jobs
     ]
-    if failures:
-        raise RuntimeError(
-            f"training flow run(s) did not complete: {'; '.join(failures)}; see their logs in the Prefect UI"
-        )
-    return {label: _ui_link(run) for run, (label, _, _) in zip(finished, jobs, strict=True)}
-
-
-def _ui_link(run) -> str:
-    """A flow run's page in the Prefect UI (its id where no UI address is known)."""
-    base = PREFECT_UI_URL.value()
-    return f"[{run.name}]({base.rstrip('/')}/runs/flow-run/{run.id})" if base else f"`{run.name}` ({run.id})"
-
-
-def _cancel(flow_runs: list, why: str) -> None:
-    """Cancel flow runs already started, so that a failed or stopped dispatch leaves nothing running."""
-    with get_client(sync_client=True) as client:
-        for run in flow_runs:
-            client.set_flow_run_state(run.id, Cancelling(message=why))
-
-
-def _wait_for(flow_runs: list, timeout_s: float, poll_s: float = 5.0, on_poll=None) -> list:
-    """The flow runs, read again until all are final or the timeout passes (`on_poll` at each look)."""
-    deadline = time.monotonic() + timeout_s
-    with get_client(sync_client=True) as client:
-        while True:
-            current = [client.read_flow_run(run.id) for run in flow_runs]
-            if all(run.state is not None and run.state.is_final() for run in current) or time.monotonic() > deadline:
-                return current
-            if on_poll is not None:
-                on_poll()
-            time.sleep(poll_s)
+    return run_on_pool(runs, config.dispatch_timeout_s, on_poll=watch.poll)
 
 
 def _run_name(config: PipelineConfig) -> str:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return config.run_name or f"{stamp}-{flow_run.name or 'local'}"
-
-
-@dataclass
-class PipelineRun:
-    """One pipeline run once its run folder is prepared: what the training and the steps after it need."""
-
-    config: PipelineConfig
-    run_dir: str
-    run_id: str
-    tracking_uri: str
-    mode: str  # localiser mode: train, reuse or off
-    localiser_run_id: str | None = None
-    localiser_checkpoint: str | None = None  # a reused localiser's weights
-    result: dict | None = field(default=None, repr=False)  # the flow's result, once trained
-
-    def save(self) -> None:
-        state = {**asdict(self), "config": self.config.model_dump()}
-        state.pop("result")
-        payload = json.dumps(state, indent=2).encode()
-        atomic_write(RunFolder(self.run_dir).pipeline_state, lambda handle: handle.write(payload))
-
-    @classmethod
-    def load(cls, run_dir: str | Path) -> PipelineRun:
-        path = RunFolder(run_dir).pipeline_state
-        if not path.is_file():
-            raise ValueError(f"{run_dir} is not a run folder of train-pipeline: it has no {path.name}")
-        saved = json.loads(path.read_text())
-        return cls(**{**saved, "config": PipelineConfig(**saved["config"]), "run_dir": str(Path(run_dir).resolve())})
 
 
 @flow(name="train-pipeline", log_prints=True)
@@ -279,14 +184,14 @@ def _prepare_and_train(pipeline: PipelineRun, guard: Guard) -> None:
 def _resume(run_dir: str) -> dict[str, float | str]:
     """Go on with an interrupted pipeline run: reopen its MLflow run(s), train from the last saved
     epoch, then everything after training, as the run would have."""
-    pipeline = PipelineRun.load(run_dir)
+    pipeline = PipelineRun.load(run_dir, PipelineConfig)
     logger = get_run_logger()
     for run_id in (pipeline.run_id, pipeline.localiser_run_id):
         if run_id is not None:
             tracking.reopen_run(run_id, pipeline.tracking_uri)
             set_tags_task(run_id, {"resumed_by_flow_run": flow_run.id}, pipeline.tracking_uri)
     logger.info("resuming run folder %s (MLflow run %s)", pipeline.run_dir, pipeline.run_id)
-    with guarding(flow_run.id, dict(_mlflow_runs(pipeline)), pipeline.tracking_uri, pipeline.run_dir):
+    with guarding(flow_run.id, dict(pipeline.mlflow_runs()), pipeline.tracking_uri, pipeline.run_dir):
         try:
             pipeline.result = _train_and_finish(pipeline, load_run_task(pipeline.run_dir), resume=True)
         except BaseException as error:
@@ -296,23 +201,16 @@ def _resume(run_dir: str) -> dict[str, float | str]:
     return pipeline.result
 
 
-def _mlflow_runs(pipeline: PipelineRun) -> list[tuple[str, str]]:
-    """(MLflow run id, run folder) of the pipeline's runs: the localiser's first, when it has one."""
-    folder = RunFolder(pipeline.run_dir)
-    runs = [(pipeline.localiser_run_id, str(folder.localiser.root)), (pipeline.run_id, pipeline.run_dir)]
-    return [(run_id, run_dir) for run_id, run_dir in runs if run_id is not None]
-
-
 def _record_end(pipeline: PipelineRun, error: BaseException) -> None:
     """A run that did not finish: stopped from outside (KILLED, with the epoch reached and how to
     resume, said in the log and on the exception), or failed (FAILED, unless a child that was
     stopped already marked it KILLED). Plain calls, not tasks: they run while the flow fails."""
     if is_interrupt(error):
-        for run_id, run_dir in _mlflow_runs(pipeline):
+        for run_id, run_dir in pipeline.mlflow_runs():
             get_run_logger().warning("%s", mark_stopped(run_id, run_dir, pipeline.tracking_uri, _how(error)))
         interrupts.note_resume(f"spine train --resume {pipeline.run_dir}")
         return
-    for run_id, _ in _mlflow_runs(pipeline):
+    for run_id, _ in pipeline.mlflow_runs():
         if tracking.run_status(run_id, pipeline.tracking_uri) != "KILLED":
             end_run_task.fn(run_id, "FAILED", pipeline.tracking_uri)
 

@@ -12,20 +12,15 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-from spine_model.catalog import DatasetCache, StoreFiles, file_fingerprint
-from spine_model.config import TrainConfig
-from spine_model.constants import COORDINATES_CSV, TRAIN_CSV, series_descriptions_csv
-from spine_model.preflight import preflight
-from spine_model.steps import (
-    IngestOutputs,
-    PreparedRun,
-    ingest_step,
-    prepare_run,
-    series_to_store,
-    store_step,
-)
-from spine_model.validate import validate_data
-from spine_model.volumes import StoreReport, sources_fingerprint
+from spine_model.core.catalog import DatasetCache, StoreFiles
+from spine_model.core.config import TrainConfig
+from spine_model.core.constants import COORDINATES_CSV, TRAIN_CSV, series_descriptions_csv
+from spine_model.core.files import file_fingerprint
+from spine_model.data.validate import validate_data
+from spine_model.data.volumes import StoreReport, sources_fingerprint
+from spine_model.pipeline.data import IngestOutputs, ingest_step, series_to_store, store_step
+from spine_model.pipeline.preflight import preflight
+from spine_model.pipeline.run import PreparedRun, prepare_run
 from tasks.retry import unless_bad_data
 
 CACHE_FOR = timedelta(days=30)

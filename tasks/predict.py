@@ -6,10 +6,10 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from spine_model.catalog import atomic_write_csv
-from spine_model.inference import inference_frame, listed_study_ids, with_every_study
-from spine_model.steps import score_step
-from spine_model.tracking.pyfunc import load_serving_model, predict_with_model, serving_store_size
+from spine_model.core.files import atomic_write_csv
+from spine_model.inference.frames import inference_frame, listed_study_ids, with_every_study
+from spine_model.pipeline.publish import score_step
+from spine_model.serving.pyfunc import load_serving_model, predict_with_model, serving_store_size
 from tasks.retry import unless_bad_data
 
 

@@ -7,12 +7,20 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from spine_model.compare import SCORE, VAL_FINGERPRINT, Decision, Rebased, comparison_table, markdown_table, rank_runs
-from spine_model.inference import inference_frame, with_every_study
-from spine_model.ingest import load_labels, load_series_descriptions
-from spine_model.metrics import competition_score, solution_from_labels
+from spine_model.data.ingest import load_labels, load_series_descriptions
+from spine_model.evaluation.compare import (
+    SCORE,
+    VAL_FINGERPRINT,
+    Decision,
+    Rebased,
+    comparison_table,
+    markdown_table,
+    rank_runs,
+)
+from spine_model.evaluation.metric import competition_score, solution_from_labels
+from spine_model.inference.frames import inference_frame, with_every_study
+from spine_model.serving.pyfunc import load_serving_model, predict_with_model
 from spine_model.tracking import registry
-from spine_model.tracking.pyfunc import load_serving_model, predict_with_model
 
 RETRIES = {"retries": 3, "retry_delay_seconds": 5}
 

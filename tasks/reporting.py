@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from spine_model.catalog import RunFolder
+from spine_model.core.catalog import RunFolder
 
 
 @task(name="publish-summary")

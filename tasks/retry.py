@@ -3,9 +3,9 @@ when the process was asked to stop."""
 
 from __future__ import annotations
 
-from spine_model import interrupts
-from spine_model.ingest import DataError
-from spine_model.train import TrainingDiverged
+from spine_model.core import interrupts
+from spine_model.data.ingest import DataError
+from spine_model.training.loop import TrainingDiverged
 
 
 def unless_bad_data(task, task_run, state) -> bool:

@@ -8,7 +8,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from spine_model import tracking
-from spine_model.steps import RunInputs, log_run_outputs, log_serving_model
+from spine_model.pipeline.publish import log_run_outputs, log_serving_model
+from spine_model.pipeline.run import RunInputs
 
 RETRIES = {"retries": 3, "retry_delay_seconds": 5}
 

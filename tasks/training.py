@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import sys
 
 from prefect import get_run_logger, task
@@ -11,10 +10,13 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
 
-from spine_model import distributed, tracking
-from spine_model.catalog import RunFolder, RunRecord
-from spine_model.steps import RunInputs, evaluate_localiser_step, evaluate_step, train_step
-from spine_model.train import EpochStats, saved_epoch
+from spine_model import tracking
+from spine_model.core.catalog import RunFolder, RunRecord
+from spine_model.pipeline.evaluate import evaluate_localiser_step, evaluate_step
+from spine_model.pipeline.run import RunInputs, role_of
+from spine_model.pipeline.train import train_run
+from spine_model.training.checkpoints import saved_epoch
+from spine_model.training.history import EpochLog, EpochStats
 from tasks.retry import unless_bad_data
 
 
@@ -39,10 +41,10 @@ def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str, resume: bo
     if resume:
         logger.info("resuming %s from epoch %d of %d (MLflow run %s)", run.folder.root, done, epochs, mlflow_run_id)
         tracking.set_tags(mlflow_run_id, {"resumed_from_epoch": done}, tracking_uri)
-    key = "spine-localiser-progress" if config.model_family == "localiser" else "spine-training-progress"
     progress_id = create_progress_artifact(
-        100.0 * done / epochs, key=key, description=f"training {config.model_family}: {epochs} epochs"
-    )
+        100.0 * done / epochs, key=role_of(config).progress_key,
+        description=f"training {config.model_family}: {epochs} epochs",
+    )  # fmt: skip
 
     # Metrics go through a file in the run folder: an unreachable tracking server delays them, never
     # loses them nor stops training (see MetricBuffer); they are sent as soon as it answers again.
@@ -56,13 +58,10 @@ def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str, resume: bo
 
     if config.gpus > 1:  # torchrun, one process per GPU; rank 0's epochs come back to on_epoch_end
         tracking.set_tags(mlflow_run_id, {"training_processes": config.gpus}, tracking_uri)
-        summary = distributed.launch(run.folder.root, config.gpus, on_epoch_end, resume=resume)
-        flush_metrics_task(buffer)
-        return {"best_epoch": summary["best_epoch"], "best_val_loss": summary["best_val_loss"]}
     # Batch progress bars when a person watches a terminal; worker logs get the per-epoch lines.
-    result = train_step(run, on_epoch_end, progress=sys.stderr.isatty(), resume=resume)
+    summary = train_run(run, on_epoch_end, progress=sys.stderr.isatty(), resume=resume)
     flush_metrics_task(buffer)
-    return {"best_epoch": result.best_epoch, "best_val_loss": result.best_val_loss}
+    return {"best_epoch": summary["best_epoch"], "best_val_loss": summary["best_val_loss"]}
 
 
 class TrainingWatch:
@@ -77,28 +76,28 @@ class TrainingWatch:
             folder = RunFolder(run_dir)
             # A resumed run's folder already holds its earlier epochs: they were shown (and sent to
             # MLflow) by the run that trained them, so the watch starts after them.
-            earlier = distributed.epoch_lines(folder.epochs_log)
-            done = EpochStats(**json.loads(earlier[-1])).epoch if earlier else 0
-            key = "spine-localiser-progress" if config.model_family == "localiser" else "spine-training-progress"
+            earlier = EpochLog(folder.epochs_log).read()
+            done = earlier[-1].epoch if earlier else 0
             waiting = f"{label}: waiting for its GPU flow run" + (f" (resumes after epoch {done})" if done else "")
-            artifact = create_progress_artifact(100.0 * done / config.epochs, key=key, description=waiting)
+            artifact = create_progress_artifact(
+                100.0 * done / config.epochs, key=role_of(config).progress_key, description=waiting
+            )
             self.runs.append({"label": label, "folder": folder, "epochs": config.epochs,
                               "artifact": artifact, "seen": len(earlier)})  # fmt: skip
 
     def poll(self) -> None:
         for run in self.runs:
-            lines = distributed.epoch_lines(run["folder"].epochs_log)
-            if len(lines) < run["seen"]:  # started afresh: the trainer removed the old epochs
+            reported = EpochLog(run["folder"].epochs_log).read()
+            if len(reported) < run["seen"]:  # started afresh: the trainer removed the old epochs
                 run["seen"] = 0
-            if len(lines) == run["seen"]:
+            if len(reported) == run["seen"]:
                 continue
-            for line in lines[run["seen"] :]:
-                stats = EpochStats(**json.loads(line))
+            for stats in reported[run["seen"] :]:
                 get_run_logger().info(
                     "%s: epoch %d/%d, train loss %.4g, validation loss %.4g",
                     run["label"], stats.epoch, run["epochs"], stats.train_loss, stats.val_loss,
                 )  # fmt: skip
-            run["seen"] = len(lines)
+            run["seen"] = len(reported)
             done = f"{run['label']}: epoch {stats.epoch}/{run['epochs']}, validation loss {stats.val_loss:.4f}"
             update_progress_artifact(run["artifact"], 100.0 * stats.epoch / run["epochs"], description=done)
 

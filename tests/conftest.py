@@ -17,7 +17,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from spine_model.synth import generate_dataset  # noqa: E402
+from spine_model.data.synth import generate_dataset  # noqa: E402
 
 TINY = {"n_studies": 12, "n_test_studies": 3, "image_size": 64, "n_slices": 6, "seed": 7}
 
@@ -43,10 +43,10 @@ def tiny_copy(tiny_data: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_store(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory):
     """The tiny dataset ingested and stored at 32 px: (located points, labels, VolumeStore, StudySplit)."""
-    from spine_model.ingest import build_long_table
-    from spine_model.split import split_by_study
-    from spine_model.steps import series_to_store
-    from spine_model.volumes import VolumeStore, build_volume_store, locate_points
+    from spine_model.core.split import split_by_study
+    from spine_model.data.ingest import build_long_table
+    from spine_model.data.volumes import VolumeStore, build_volume_store, locate_points
+    from spine_model.pipeline.data import series_to_store
 
     ingested = build_long_table(tiny_data)
     root = tmp_path_factory.mktemp("tiny_store")

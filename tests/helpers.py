@@ -9,8 +9,8 @@ import torch
 from flows.config import PipelineConfig
 from spine_model.families import get_family
 from spine_model.families.base import model_inputs
-from spine_model.steps import RunInputs
-from spine_model.train import load_checkpoint
+from spine_model.pipeline.run import RunInputs
+from spine_model.training.checkpoints import load_checkpoint
 
 
 def _artifact_paths(client: mlflow.MlflowClient, run_id: str, path: str | None = None) -> set[str]:

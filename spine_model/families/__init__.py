@@ -6,14 +6,16 @@ evaluation, checkpoints, MLflow logging, the serving model, compare and predict 
 through `get_family(config.model_family)`; nothing outside a family's folder knows its tensors.
 
 A new family is a new folder here with a module-level `FAMILY`, one line in FAMILY_MODULES, and
-its settings as fields of TrainConfig. This module stays import-light (no torch), because the
-config's field type is built from it.
+its name and settings in spine_model.core.config (TrainConfig's fields, and the checks of what
+the family cannot use). This module stays import-light (no torch): flows read it for the form.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
+
+from spine_model.core.config import FAMILY_NAMES
 
 if TYPE_CHECKING:
     from spine_model.families.base import ModelFamily
@@ -23,7 +25,8 @@ FAMILY_MODULES: dict[str, str] = {
     "crops": "spine_model.families.crops",
     "localiser": "spine_model.families.localiser",
 }
-FamilyName = Literal[tuple(FAMILY_MODULES)]  # type: ignore[valid-type]  # the form's drop-down
+if tuple(FAMILY_MODULES) != FAMILY_NAMES:  # the config's names and the modules must agree
+    raise ImportError(f"model families {tuple(FAMILY_MODULES)} differ from TrainConfig's {FAMILY_NAMES}")
 
 
 def get_family(name: str) -> ModelFamily:

@@ -16,17 +16,11 @@ import torch
 import torchvision
 from torch import nn
 
-# Families that reuse a ResNet's stem and layers by name (seed's SpineNet, the localiser) take these.
-RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+from spine_model.core.config import classification_models
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
     """ImageNet weights are neither cached nor downloadable; the message says how to provide them."""
-
-
-def classification_models() -> list[str]:
-    """torchvision's classification model names (what `backbone` may be)."""
-    return torchvision.models.list_models(module=torchvision.models)
 
 
 def pretrained_weights_file(backbone: str) -> Path:

@@ -18,13 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from spine_model.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, MISSING_LABEL, SEVERITIES
+from spine_model.core.constants import LABEL_COLUMNS, MISSING_LABEL
 
 if TYPE_CHECKING:
-    from spine_model.config import TrainConfig
-    from spine_model.volumes import VolumeReader
+    from spine_model.core.config import TrainConfig
+    from spine_model.data.volumes import VolumeReader
 
-CELLS_SHAPE = (len(CONDITIONS), len(LEVELS), len(SEVERITIES))  # a study's probabilities
 # Grey-level statistics matching ImageNet's per-channel ones: a pretrained first conv sees a grey
 # image through its RGB filters summed (mean and std of the RGB means / stds).
 IMAGE_MEAN = 0.449
@@ -45,9 +44,6 @@ class ModelFamily:
     name: str = ""
     input_names: tuple[str, ...] = ()
     produces: str = "probabilities"  # or "points" (a localiser: see families/localiser)
-
-    def check(self, config: TrainConfig) -> None:
-        """Raise ValueError for settings this family cannot use (called when a config is built)."""
 
     def describe(self, config: TrainConfig) -> str:
         """The model in a few words, for run tables."""
@@ -76,9 +72,7 @@ class ModelFamily:
     def hits(self, outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(correct, counted) for the training loop's accuracy, as tensors on the outputs' device (the
         loop sums them without waiting for the device): argmax against labelled targets."""
-        mask = targets != MISSING_LABEL
-        correct = (outputs.argmax(-1).reshape(targets.shape) == targets) & mask
-        return correct.sum(), mask.sum()
+        return argmax_hits(outputs, targets)
 
     def cell_probabilities(
         self, outputs: np.ndarray, points: pd.DataFrame, class_prior: np.ndarray
@@ -110,6 +104,13 @@ def masked_cross_entropy(
     # Masked by multiplication, not by boolean indexing: that would make the host wait for the device.
     weight_sum = (class_weights[flat_targets.clamp_min(0)] * labelled).sum()
     return loss_sum, weight_sum
+
+
+def argmax_hits(outputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, labelled): the outputs' (..., 3) argmax against the labelled targets (-1: missing)."""
+    mask = targets != MISSING_LABEL
+    correct = (outputs.argmax(-1).reshape(targets.shape) == targets) & mask
+    return correct.sum(), mask.sum()
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -165,16 +166,6 @@ def model_inputs(
     """The first `count` items of a dataset as the model sees them in evaluation: (inputs, targets)."""
     inputs, targets = next(iter(batches(dataset, count)))
     return family.prepare([tensor.to(device) for tensor in inputs], config, train=False), targets
-
-
-def cell_index(points: pd.DataFrame) -> np.ndarray:
-    """condition * 5 + level for each point: the index of its cell among the 25, condition-major."""
-    condition = points["condition"].map({c: i for i, c in enumerate(CONDITIONS)})
-    level = points["level"].map({lv: i for i, lv in enumerate(LEVELS)})
-    if condition.isna().any() or level.isna().any():
-        bad = points.loc[condition.isna() | level.isna(), ["condition", "level"]].iloc[0].tolist()
-        raise ValueError(f"point with unknown condition/level {bad}; expected {CONDITIONS} x {LEVELS}")
-    return (condition.to_numpy(np.int64) * len(LEVELS) + level.to_numpy(np.int64)).astype(np.int64)
 
 
 def point_labels(points: pd.DataFrame, columns: list[str] | tuple[str, ...] = LABEL_COLUMNS) -> np.ndarray:

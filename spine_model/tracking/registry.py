@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from spine_model.compare import (
+from spine_model.core.catalog import CHAMPION_ALIAS, LOCALISER_NAME, MODEL_NAME, WEIGHTS_ARTIFACTS
+from spine_model.evaluation.compare import (
     METRICS,
     SCORE,
     SETTINGS,
@@ -22,12 +23,10 @@ from spine_model.compare import (
     rebased_champion,
     servable,
 )
-from spine_model.tracking import client, resolve_tracking_uri, whole_calls
+from spine_model.tracking.runs import client, resolve_tracking_uri, whole_calls
 
-MODEL_NAME = "spine-net"
-LOCALISER_NAME = "spine-localiser"
 LOCALISER_TAG = "localiser_model"  # on a classifier run and its versions: models:/spine-localiser/N it carries
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER = CHAMPION_ALIAS, "challenger"
 
 
 def _record(run) -> dict:
@@ -237,7 +236,7 @@ def download_localiser(uri: str, dest: str | Path, tracking_uri: str | None = No
             f"(localiser='train'), or train without (localiser='off') ({error})"
         ) from None
     Path(dest).mkdir(parents=True, exist_ok=True)
-    artifacts = mlflow_client.list_artifacts(version.run_id, "weights")
+    artifacts = mlflow_client.list_artifacts(version.run_id, WEIGHTS_ARTIFACTS)
     logged = [item.path for item in artifacts if item.path.endswith(".pt")]
     if not logged:
         raise ValueError(f"localiser {uri} (run {version.run_id}) logged no weights/*.pt checkpoint")

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.config import PipelineConfig
-from spine_model.catalog import Workspace
+from spine_model.core.catalog import Workspace
 
 runner = CliRunner()
 

@@ -50,7 +50,7 @@ def test_the_forms_empty_values_mean_the_defaults():
 
 
 def test_a_setting_left_unset_takes_its_familys_default_and_says_so():
-    from spine_model.config import FAMILY_DEFAULTS
+    from spine_model.core.config import FAMILY_DEFAULTS
 
     properties = _form()
     for name in ("lr", "batch_size"):  # the form's 0: the family's; its title says so

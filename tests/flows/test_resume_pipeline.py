@@ -18,8 +18,7 @@ from prefect.settings import PREFECT_API_URL
 from typer.testing import CliRunner
 
 from flows.cli import app
-from spine_model.catalog import RunFolder
-from spine_model.train import training_state_file
+from spine_model.core.catalog import RunFolder
 from tests.conftest import TINY_TRAIN
 from tests.helpers import cli_options
 
@@ -34,7 +33,7 @@ def test_a_killed_pipeline_resumes_in_its_run_folder_and_mlflow_run(prefect_harn
         "--run-name", "interrupted", *cli_options(settings),
     ]  # fmt: skip
     run_dir = tmp_path / "out" / "runs" / "interrupted"
-    state = training_state_file(RunFolder(run_dir).checkpoints)
+    state = RunFolder(run_dir).training_state
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(Path.cwd())}
     process = subprocess.Popen(
         [sys.executable, "-m", "flows.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env

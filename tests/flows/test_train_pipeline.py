@@ -16,10 +16,11 @@ from prefect.client.orchestration import get_client
 
 from flows.config import PipelineConfig
 from flows.train import train_pipeline
-from spine_model.catalog import RunFolder, Workspace
-from spine_model.constants import SEVERITY_COLUMNS
-from spine_model.inference import Predictor, inference_frame
-from spine_model.steps import RunInputs
+from spine_model.core.catalog import RunFolder, Workspace
+from spine_model.core.constants import SEVERITY_COLUMNS
+from spine_model.inference.frames import inference_frame
+from spine_model.inference.predictor import Predictor
+from spine_model.pipeline.run import RunInputs
 from tasks.data import ingest, volume_store
 from tests.conftest import FAMILIES, TINY_TRAIN
 from tests.helpers import assert_complete_mlflow_run
@@ -104,7 +105,7 @@ def test_crops_train_a_localiser_beside_and_the_serving_model_carries_it(local_r
     mlflow.set_tracking_uri(config.tracking_uri)
     serving = mlflow.pyfunc.load_model(parent.data.tags["serving_model_uri"])
     frame = inference_frame(tiny_data, "test")
-    with caplog.at_level(logging.INFO, logger="spine_model.inference"):
+    with caplog.at_level(logging.INFO, logger="spine_model.inference.predictor"):
         submission = serving.predict(frame)
     assert len(submission) == 25 * frame["study_id"].nunique()
     assert any("points from localiser" in message for message in caplog.messages)
@@ -234,7 +235,7 @@ def test_a_tracking_server_that_does_not_answer_fails_the_run_before_any_image_i
     prefect_harness, tiny_data, tmp_path
 ):
     from flows.stack import free_port
-    from spine_model.preflight import SetupError
+    from spine_model.pipeline.preflight import SetupError
 
     config = PipelineConfig(
         data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=f"http://127.0.0.1:{free_port()}",

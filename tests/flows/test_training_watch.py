@@ -8,10 +8,10 @@ from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-from spine_model.catalog import RunFolder, RunRecord
-from spine_model.config import TrainConfig
-from spine_model.split import StudySplit
-from spine_model.train import EpochStats
+from spine_model.core.catalog import RunFolder, RunRecord
+from spine_model.core.config import TrainConfig
+from spine_model.core.split import StudySplit
+from spine_model.training.history import EpochStats
 from tasks.training import TrainingWatch
 
 

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from prefect.settings import PREFECT_API_URL
 
-from spine_model.catalog import RunFolder, Workspace
+from spine_model.core.catalog import RunFolder, Workspace
 from tests.conftest import TINY_TRAIN
 from tests.helpers import cli_options
 

@@ -30,8 +30,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.config import PipelineConfig
 from flows.train import train_pipeline
-from spine_model.catalog import RunFolder
-from spine_model.train import training_state_file
+from spine_model.core.catalog import RunFolder
 from tests.conftest import TINY_TRAIN
 from tests.helpers import cli_options
 
@@ -45,26 +44,33 @@ SETTINGS = {
 }  # fmt: skip
 
 
-def _wait_for(condition, timeout_s: float, what: str, process: subprocess.Popen | None = None) -> None:
+def _wait_for(
+    condition, timeout_s: float, what: str, process: subprocess.Popen | None = None, log: Path | None = None
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"exited with {process.returncode} before {what}: {process.stdout.read()[-3000:]}")
+            output = log.read_text(errors="replace")[-3000:] if log is not None else ""
+            raise AssertionError(f"exited with {process.returncode} before {what}: {output}")
         assert time.monotonic() < deadline, f"no {what} after {timeout_s:.0f} s"
         time.sleep(0.2)
 
 
 def _train_in_own_session(tmp_path: Path, env: dict) -> tuple[subprocess.Popen, Path, str]:
-    """`spine train` as a terminal runs it: the leader of its own process group."""
+    """`spine train` as a terminal runs it: the leader of its own process group. Its output goes to
+    a file (`process.log`): a pipe that nobody reads while it trains could fill up and block it."""
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = ["train", str(env.pop("DATA")), "--workdir", str(tmp_path / "out"), "--tracking-uri", tracking_uri,
             "--run-name", "stopped", *cli_options(SETTINGS)]  # fmt: skip
-    process = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**env, "PYTHONPATH": str(PROJECT)}, start_new_session=True,
-    )  # fmt: skip
+    process_log = tmp_path / "spine.log"
+    with open(process_log, "wb") as output:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", *args], stdout=output, stderr=subprocess.STDOUT,
+            env={**env, "PYTHONPATH": str(PROJECT)}, start_new_session=True,
+        )  # fmt: skip
+    process.log = process_log
     run_dir = tmp_path / "out" / "runs" / "stopped"
-    _wait_for(training_state_file(RunFolder(run_dir).checkpoints).is_file, 600, "training state", process)
+    _wait_for(RunFolder(run_dir).training_state.is_file, 600, "training state", process, process_log)
     return process, run_dir, tracking_uri
 
 
@@ -81,15 +87,15 @@ def _stop_group(process: subprocess.Popen, signum: int) -> tuple[int, str, float
     os.killpg(process.pid, signum)
     started = time.monotonic()
     try:
-        output = process.communicate(timeout=60)[0]
+        process.wait(timeout=60)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-    return process.returncode, output, time.monotonic() - started
+    return process.returncode, process.log.read_text(errors="replace"), time.monotonic() - started
 
 
 def _assert_killed_at_its_last_epoch(tracking_uri: str, run_dir: Path, stopped_by: str) -> None:
-    saved = int(torch.load(training_state_file(RunFolder(run_dir).checkpoints), weights_only=True)["epoch"])
+    saved = int(torch.load(RunFolder(run_dir).training_state, weights_only=True)["epoch"])
     assert 1 <= saved < SETTINGS["epochs"]
     client = mlflow.MlflowClient(tracking_uri)
     (run,) = client.search_runs(client.get_experiment_by_name("rsna-lumbar-spine").experiment_id)
@@ -147,10 +153,14 @@ def test_a_worker_told_to_stop_leaves_its_run_killed_and_crashed_not_running(pre
         name="stop-test", work_pool_name=pool, print_next_steps=False
     )
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(PROJECT)}
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"], env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+    # The worker's output (and its flow run's, which inherits it) goes to a file: a pipe nobody reads
+    # fills up, and then the worker and the training block on writing to it.
+    worker_log = tmp_path / "worker.log"
+    with open(worker_log, "wb") as output:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"], env=env,
+            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = PipelineConfig(
         data_dir=str(tiny_data), workdir=str(tmp_path / "out"), tracking_uri=tracking_uri, run_name="stopped",
@@ -162,7 +172,7 @@ def test_a_worker_told_to_stop_leaves_its_run_killed_and_crashed_not_running(pre
             "train-pipeline/stop-test", parameters={"config": config.model_dump(mode="json", exclude_none=True)},
             timeout=0, as_subflow=False,
         )  # fmt: skip
-        _wait_for(training_state_file(RunFolder(run_dir).checkpoints).is_file, 600, "training state", worker)
+        _wait_for(RunFolder(run_dir).training_state.is_file, 600, "training state", worker, worker_log)
         worker.send_signal(signal.SIGTERM)  # as a supervisor stops a worker
 
         def crashed() -> bool:
@@ -170,6 +180,12 @@ def test_a_worker_told_to_stop_leaves_its_run_killed_and_crashed_not_running(pre
                 return client.read_flow_run(flow_run.id).state.is_crashed()
 
         _wait_for(crashed, 60, "Crashed flow run")
+    except AssertionError as error:
+        guard = RunFolder(run_dir).guard_log
+        raise AssertionError(
+            f"{error}\nworker:\n{worker_log.read_text(errors='replace')[-3000:]}\nguard:\n"
+            f"{guard.read_text() if guard.is_file() else '(no guard log)'}"
+        ) from None
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)

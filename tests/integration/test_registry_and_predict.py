@@ -24,9 +24,9 @@ from flows.cli import app
 from flows.config import PipelineConfig
 from flows.predict import predict
 from flows.stack import HOST, LocalStack, free_port
-from spine_model.constants import SEVERITY_COLUMNS
-from spine_model.inference import inference_frame
-from spine_model.synth import generate_dataset
+from spine_model.core.constants import SEVERITY_COLUMNS
+from spine_model.data.synth import generate_dataset
+from spine_model.inference.frames import inference_frame
 from spine_model.tracking.registry import CHALLENGER, CHAMPION, MODEL_NAME
 
 pytestmark = pytest.mark.integration
@@ -173,8 +173,8 @@ def test_a_run_validated_on_other_studies_is_weighed_after_a_rebase(runs, mlflow
     """A new split_seed: the champion is kept and the decision says how to go on; `spine compare
     --rebase` re-scores the champion on the new run's validation studies and decides on that."""
     from flows.train import train_pipeline
-    from spine_model.ingest import load_labels
-    from spine_model.metrics import competition_score, solution_from_labels
+    from spine_model.data.ingest import load_labels
+    from spine_model.evaluation.metric import competition_score, solution_from_labels
 
     results, _ = runs
     client = mlflow.MlflowClient(mlflow_server.mlflow_url)

@@ -8,10 +8,11 @@ import pytest
 
 from flows.stack import LocalStack, free_port
 from spine_model import tracking
-from spine_model.catalog import checkpoint_files
-from spine_model.config import TrainConfig
-from spine_model.split import split_by_study
-from spine_model.train import saved_epoch, train_model
+from spine_model.core.catalog import checkpoint_files
+from spine_model.core.config import TrainConfig
+from spine_model.core.split import split_by_study
+from spine_model.training.checkpoints import saved_epoch
+from spine_model.training.loop import train_model
 
 pytestmark = pytest.mark.integration
 

@@ -26,7 +26,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.config import PipelineConfig
-from spine_model.catalog import Workspace
+from spine_model.core.catalog import Workspace
 from tests.conftest import TINY_TRAIN
 from tests.helpers import assert_complete_mlflow_run
 

@@ -17,9 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spine_model.constants import COORDINATES_CSV, TRAIN_CSV, images_dir, series_descriptions_csv
-from spine_model.inference import inference_frame, listed_study_ids, with_every_study
-from spine_model.ingest import (
+from spine_model.core.constants import COORDINATES_CSV, TRAIN_CSV, images_dir, series_descriptions_csv
+from spine_model.data.ingest import (
     SKIP_DUPLICATE,
     SKIP_NO_DESCRIPTION,
     SKIP_NO_IMAGE,
@@ -28,8 +27,9 @@ from spine_model.ingest import (
     DataError,
     build_long_table,
 )
-from spine_model.metrics import submission_from_probabilities
-from spine_model.volumes import UNPLACED_OUTSIDE, locate_points
+from spine_model.data.volumes import UNPLACED_OUTSIDE, locate_points
+from spine_model.evaluation.metric import submission_from_probabilities
+from spine_model.inference.frames import inference_frame, listed_study_ids, with_every_study
 
 SERIES_CSV = series_descriptions_csv("train")
 TEST_SERIES_CSV = series_descriptions_csv("test")
@@ -224,7 +224,7 @@ def test_bad_input(case: Case, light_copy: Path, tiny_store, caplog):
             build_long_table(light_copy)
         assert "\n" not in str(raised.value)  # one line
         return
-    with caplog.at_level(logging.WARNING, logger="spine_model.ingest"):
+    with caplog.at_level(logging.WARNING, logger="spine_model.data.ingest"):
         result = build_long_table(light_copy)
     expected_skips = {reason: n(light_copy) if callable(n) else n for reason, n in case.skipped.items()}
     assert dict(result.skipped) == expected_skips
@@ -272,7 +272,7 @@ def test_a_listed_test_study_without_images_still_gets_its_25_rows(light_copy, t
     assert listed[1] not in set(frame["study_id"])
     prior = np.array([[0.7, 0.2, 0.1]] * 5)
     made = submission_from_probabilities({s: np.tile([0.5, 0.3, 0.2], (5, 5, 1)) for s in sorted(frame["study_id"])})
-    with caplog.at_level(logging.WARNING, logger="spine_model.inference"):
+    with caplog.at_level(logging.WARNING, logger="spine_model.inference.predictor"):
         complete = with_every_study(made, listed, prior)
     assert len(complete) == 25 * len(listed)
     studies = complete["row_id"].str.split("_", n=1).str[0].astype(int)

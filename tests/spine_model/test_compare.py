@@ -1,6 +1,6 @@
 import pandas as pd
 
-from spine_model.compare import (
+from spine_model.evaluation.compare import (
     Rebased,
     candidate,
     comparison_table,

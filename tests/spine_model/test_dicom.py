@@ -6,7 +6,7 @@ import pydicom.encaps
 import pytest
 from pydicom.data import get_testdata_file
 
-from spine_model.dicom import DicomReadError, read_frame, slice_position, to_uint8
+from spine_model.data.dicom import DicomReadError, read_frame, slice_position, to_uint8
 
 
 def _rewrite(tmp_path, **changes):

@@ -16,11 +16,13 @@ import pandas as pd
 import pytest
 import torch
 
-from spine_model import distributed
-from spine_model.catalog import Workspace
-from spine_model.config import TrainConfig
-from spine_model.steps import RunInputs, ingest_step, prepare_run, series_to_store, store_step, train_step
-from spine_model.train import EpochStats, training_state_file
+from spine_model.core.catalog import Workspace
+from spine_model.core.config import TrainConfig
+from spine_model.pipeline import launcher
+from spine_model.pipeline.data import ingest_step, series_to_store, store_step
+from spine_model.pipeline.run import RunInputs, prepare_run
+from spine_model.pipeline.train import train_step
+from spine_model.training.history import EpochStats
 
 SETTINGS = {
     "model_family": "crops", "crop_pooling": "channels", "pretrained": False, "store_size": 32, "crop_size": 16,
@@ -46,7 +48,7 @@ def prepare(tiny_data, tmp_path_factory):
 
 def _steps(run: RunInputs) -> int:
     """Adam's step count of the first parameter: the optimiser steps taken."""
-    state = torch.load(training_state_file(run.folder.checkpoints), map_location="cpu", weights_only=True)
+    state = torch.load(run.folder.training_state, map_location="cpu", weights_only=True)
     return int(state["optimizer"]["state"][0]["step"])
 
 
@@ -55,7 +57,7 @@ def double(prepare):
     """A run trained in 2 processes, uninterrupted: (its inputs, the epochs reported, its fit summary)."""
     run = prepare("double", gpus=2)
     reported: list[EpochStats] = []
-    summary = distributed.launch(run.folder.root, 2, reported.append, poll_s=0.2)
+    summary = launcher.launch(run.folder.root, 2, reported.append, poll_s=0.2)
     return run, reported, summary
 
 
@@ -95,12 +97,12 @@ def test_a_stopped_multi_process_run_resumes_where_it_stopped(prepare, double):
         raise Stop  # the caller goes away: launch stops every rank
 
     with pytest.raises(Stop):
-        distributed.launch(stopped.folder.root, 2, stop_after_first, poll_s=0.2)
-    state = torch.load(training_state_file(stopped.folder.checkpoints), map_location="cpu", weights_only=True)
+        launcher.launch(stopped.folder.root, 2, stop_after_first, poll_s=0.2)
+    state = torch.load(stopped.folder.training_state, map_location="cpu", weights_only=True)
     assert state["epoch"] == 1
 
     reported: list[EpochStats] = []
-    distributed.launch(stopped.folder.root, 2, reported.append, resume=True, poll_s=0.2)
+    launcher.launch(stopped.folder.root, 2, reported.append, resume=True, poll_s=0.2)
     assert [stats.epoch for stats in reported] == [2]
     assert _steps(stopped) == _steps(whole)
     resumed, uninterrupted = (pd.read_csv(run.folder.history) for run in (stopped, whole))
@@ -114,7 +116,7 @@ def test_a_failing_process_is_reported_with_its_log(prepare, monkeypatch):
     broken = prepare("broken", gpus=2)
     broken.folder.points.write_bytes(b"not parquet")
     with pytest.raises(RuntimeError, match="torchrun exited with status") as raised:
-        distributed.launch(broken.folder.root, 2, poll_s=0.2)
+        launcher.launch(broken.folder.root, 2, poll_s=0.2)
     assert "distributed.log" in str(raised.value)
 
 
@@ -124,7 +126,7 @@ def test_settings_that_cannot_split_over_the_processes_are_refused():
     with pytest.raises(ValueError, match="device must be 'auto'"):
         TrainConfig(**{**SETTINGS, "gpus": 2, "device": "cuda:1"})
     if not torch.cuda.is_available():
-        assert "CPU processes (gloo)" in distributed.check_devices(2)
+        assert "CPU processes (gloo)" in launcher.check_devices(2)
 
 
 # Each process computes the weighted loss of its share of one batch (uneven label weights), DDP
@@ -133,7 +135,7 @@ GRADIENT = textwrap.dedent(
     """
     import torch, torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
-    from spine_model import distributed
+    from spine_model.training import distributed
 
     world = distributed.World.from_env()
     distributed.init(world)

@@ -7,18 +7,13 @@ import math
 
 import pytest
 
-from spine_model.catalog import Workspace
-from spine_model.config import TrainConfig
-from spine_model.steps import (
-    RunInputs,
-    evaluate_step,
-    ingest_step,
-    prepare_run,
-    series_to_store,
-    store_step,
-    train_step,
-)
-from spine_model.synth import generate_dataset
+from spine_model.core.catalog import Workspace
+from spine_model.core.config import TrainConfig
+from spine_model.data.synth import generate_dataset
+from spine_model.pipeline.data import ingest_step, series_to_store, store_step
+from spine_model.pipeline.evaluate import evaluate_step
+from spine_model.pipeline.run import RunInputs, prepare_run
+from spine_model.pipeline.train import train_step
 from tests.conftest import FAMILIES
 
 

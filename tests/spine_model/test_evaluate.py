@@ -2,10 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spine_model.catalog import RunFolder
-from spine_model.constants import LABEL_COLUMNS
-from spine_model.evaluate import classification_reports, evaluate_predictions, point_loss_and_accuracy
-from spine_model.metrics import class_prior
+from spine_model.core.catalog import RunFolder
+from spine_model.core.constants import LABEL_COLUMNS
+from spine_model.evaluation.metric import class_prior
+from spine_model.evaluation.reports import classification_reports, evaluate_predictions, point_loss_and_accuracy
 
 
 def test_reports_cover_exactly_each_cells_labelled_entries():
@@ -118,7 +118,7 @@ def test_an_interrupted_save_keeps_the_files_written_before(tmp_path, monkeypatc
     """Reports, submissions and figures are written whole or not at all: a reader never meets half a file."""
     from matplotlib.figure import Figure
 
-    from spine_model.plots import plot_training_curves
+    from spine_model.evaluation.plots import plot_training_curves
 
     labels = _labels()
     evaluation = evaluate_predictions(_cells(labels, 0.0), labels, class_prior(labels))

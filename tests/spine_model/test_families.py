@@ -10,8 +10,9 @@ import pytest
 import torch
 import torchvision
 
-from spine_model.config import TrainConfig
-from spine_model.constants import CONDITIONS, LABEL_COLUMNS, LEVELS
+from spine_model.core.config import TrainConfig
+from spine_model.core.constants import CONDITIONS, LABEL_COLUMNS, LEVELS
+from spine_model.data.volumes import GEOMETRY_COLUMNS, MemoryVolumeStore, SeriesVolume
 from spine_model.families import FAMILY_MODULES, get_family
 from spine_model.families.backbones import (
     PretrainedWeightsUnavailable,
@@ -24,7 +25,6 @@ from spine_model.families.crops.data import CropDataset, crop_sides, crop_stack,
 from spine_model.families.crops.model import CropNet
 from spine_model.families.seed.data import SeedDataset, shift
 from spine_model.families.seed.model import SpineNet, create_spinenet, image_and_coordinate_conv
-from spine_model.volumes import GEOMETRY_COLUMNS, MemoryVolumeStore, SeriesVolume
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def _store(volume: np.ndarray, rows: int = 512, columns: int = 384) -> MemoryVol
 
 
 def _points(store: MemoryVolumeStore, **columns) -> pd.DataFrame:
-    from spine_model.volumes import locate_points
+    from spine_model.data.volumes import locate_points
 
     base = {"study_id": 1, "series_id": 2, "instance_number": 1, "condition": CONDITIONS[0], "level": LEVELS[0],
             "x": 96.0, "y": 384.0, "label": 0, **dict.fromkeys(LABEL_COLUMNS, 0)}  # fmt: skip

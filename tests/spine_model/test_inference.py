@@ -5,12 +5,14 @@ import pandas as pd
 import pydicom
 import pytest
 
-from spine_model.config import TrainConfig
-from spine_model.constants import CONDITIONS, LEVELS, SAGITTAL_T2, SEVERITY_COLUMNS
+from spine_model.core.config import TrainConfig
+from spine_model.core.constants import CONDITIONS, LEVELS, SAGITTAL_T2, SEVERITY_COLUMNS
+from spine_model.data.volumes import MemoryVolumeStore, VolumeStore, build_volume_store
 from spine_model.families import get_family
-from spine_model.inference import CoordinatePrior, Predictor, inference_frame, list_series_files
-from spine_model.steps import series_to_store
-from spine_model.volumes import MemoryVolumeStore, VolumeStore, build_volume_store
+from spine_model.inference.frames import inference_frame, list_series_files
+from spine_model.inference.predictor import Predictor
+from spine_model.inference.prior import CoordinatePrior
+from spine_model.pipeline.data import series_to_store
 from tests.conftest import FAMILIES
 
 CLASS_PRIOR = np.tile([0.7, 0.2, 0.1], (5, 1))

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from spine_model.constants import CONDITION_FROM_TITLE, LABEL_COLUMNS, LEVEL_FROM_TITLE
-from spine_model.ingest import (
+from spine_model.core.constants import CONDITION_FROM_TITLE, LABEL_COLUMNS, LEVEL_FROM_TITLE
+from spine_model.data.ingest import (
     LONG_TABLE_COLUMNS,
     SKIP_NO_DESCRIPTION,
     SKIP_NO_IMAGE,
@@ -128,7 +128,7 @@ def test_row_level_problems_are_counted_and_logged_skips(tiny_copy, caplog):
         ((coords["series_id"] == kept.series_id) & (coords["instance_number"] == kept.instance_number)).sum()
     )
 
-    with caplog.at_level(logging.WARNING, logger="spine_model.ingest"):
+    with caplog.at_level(logging.WARNING, logger="spine_model.data.ingest"):
         result = build_long_table(tiny_copy)
     assert result.skipped[SKIP_NO_STUDY] == 1
     assert result.skipped[SKIP_NO_DESCRIPTION] == n_no_description > 0

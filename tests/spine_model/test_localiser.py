@@ -9,21 +9,23 @@ import pandas as pd
 import pytest
 import torch
 
-from spine_model import synth
-from spine_model.config import TrainConfig
-from spine_model.constants import AXIAL_T2, CONDITIONS, SAGITTAL_T1, SAGITTAL_T2, SPINAL_CONDITION
+from spine_model.core.config import TrainConfig
+from spine_model.core.constants import AXIAL_T2, CONDITIONS, SAGITTAL_T1, SAGITTAL_T2, SPINAL_CONDITION
+from spine_model.core.split import StudySplit, split_by_study
+from spine_model.data import synth
+from spine_model.data.ingest import build_long_table
+from spine_model.data.volumes import VolumeStore, build_volume_store, locate_points
+from spine_model.evaluation.localiser import evaluate_localiser
 from spine_model.families import get_family
-from spine_model.families.localiser import locate
 from spine_model.families.localiser.data import heatmap_loss, peak, training_groups
-from spine_model.families.localiser.locate import Localiser, axial_slices
 from spine_model.families.localiser.model import CHANNELS, LocaliserNet, channel
-from spine_model.inference import CoordinatePrior, Predictor, inference_frame
-from spine_model.ingest import build_long_table
-from spine_model.locating import evaluate_localiser
-from spine_model.split import StudySplit, split_by_study
-from spine_model.steps import series_to_store
-from spine_model.train import train_model
-from spine_model.volumes import VolumeStore, build_volume_store, locate_points
+from spine_model.inference import localiser as locate
+from spine_model.inference.frames import inference_frame
+from spine_model.inference.localiser import Localiser, axial_slices
+from spine_model.inference.predictor import Predictor
+from spine_model.inference.prior import CoordinatePrior
+from spine_model.pipeline.data import series_to_store
+from spine_model.training.loop import train_model
 
 
 def _stored(root, **settings):
@@ -193,12 +195,12 @@ def test_predictions_use_the_localiser_and_else_fall_back_to_the_prior_and_say_s
     data_dir = store.root.parent / "data"
     frame = inference_frame(data_dir, "train")
     frame = frame[frame["study_id"].isin(split.val_study_ids)]
-    with caplog.at_level(logging.INFO, logger="spine_model.inference"):
+    with caplog.at_level(logging.INFO, logger="spine_model.inference.predictor"):
         without = Predictor(model, config, prior, np.tile([0.7, 0.2, 0.1], (5, 1)), device="cpu")
         assert set(without.points(frame, store)["source"]) == {"prior"}
     assert any("points from prior (25)" in message for message in caplog.messages)
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="spine_model.inference"):
+    with caplog.at_level(logging.INFO, logger="spine_model.inference.predictor"):
         with_localiser = Predictor(
             model, config, prior, np.tile([0.7, 0.2, 0.1], (5, 1)), device="cpu", localiser=localiser
         )

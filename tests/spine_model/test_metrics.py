@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 from sklearn.metrics import log_loss
 
-from spine_model.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, SEVERITY_COLUMNS
-from spine_model.metrics import (
+from spine_model.core.constants import CONDITIONS, LABEL_COLUMNS, LEVELS, SEVERITY_COLUMNS
+from spine_model.evaluation.metric import (
     ScoringError,
     class_prior,
     competition_score,

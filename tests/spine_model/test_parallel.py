@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from spine_model.parallel import parallel_map
+from spine_model.core.parallel import parallel_map
 
 _SET_AFTER_IMPORT: list[str] = []  # a fork inherits what the parent put here; a fresh process does not
 

@@ -7,8 +7,8 @@ import shutil
 import pytest
 
 from flows.stack import free_port
-from spine_model.ingest import DataError
-from spine_model.preflight import SetupError, check_tracking, preflight
+from spine_model.data.ingest import DataError
+from spine_model.pipeline.preflight import SetupError, check_tracking, preflight
 
 
 def test_a_ready_machine_passes(tiny_data, tmp_path):

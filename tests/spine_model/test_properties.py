@@ -13,15 +13,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from spine_model.constants import (
+from spine_model.core.constants import (
     COORDINATES_CSV,
     LABEL_COLUMNS,
     MISSING_LABEL,
     SEVERITY_COLUMNS,
     TRAIN_CSV,
 )
-from spine_model.ingest import DataError, load_coordinates, load_labels
-from spine_model.metrics import competition_score, solution_from_labels, submission_from_probabilities
+from spine_model.data.ingest import DataError, load_coordinates, load_labels
+from spine_model.evaluation.metric import competition_score, solution_from_labels, submission_from_probabilities
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 SEVERITIES = ["Normal/Mild", "Moderate", "Severe", ""]

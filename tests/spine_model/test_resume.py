@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from spine_model.catalog import checkpoint_files
-from spine_model.config import TrainConfig
+from spine_model.core.catalog import checkpoint_files
+from spine_model.core.config import TrainConfig
+from spine_model.core.split import split_by_study
 from spine_model.families import get_family
-from spine_model.split import split_by_study
-from spine_model.train import TrainingDiverged, fit, make_loader, train_model, training_state_file
+from spine_model.training.loaders import make_loader
+from spine_model.training.loop import TrainingDiverged, fit, train_model
 
 SETTINGS = {
     "model_family": "crops", "crop_pooling": "channels", "pretrained": False, "store_size": 32, "crop_size": 16,
@@ -32,10 +33,10 @@ TRAINER = textwrap.dedent(
     """
     import sys, time
     import pandas as pd
-    from spine_model.config import TrainConfig
-    from spine_model.split import split_by_study
-    from spine_model.train import train_model
-    from spine_model.volumes import VolumeStore
+    from spine_model.core.config import TrainConfig
+    from spine_model.core.split import split_by_study
+    from spine_model.training.loop import train_model
+    from spine_model.data.volumes import VolumeStore
 
     points_path, store_root, checkpoints, settings = sys.argv[1:5]
     points = pd.read_parquet(points_path)
@@ -74,13 +75,13 @@ def test_a_killed_training_resumes_and_ends_as_an_uninterrupted_one(tiny_store, 
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
-        _wait_for(training_state_file(killed), process)
+        _wait_for(checkpoint_files(killed).state, process)
         assert process.stdout.readline().strip() == "epoch 1 done"  # the state was written before the callback
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
     assert process.returncode == -signal.SIGKILL
-    assert torch.load(training_state_file(killed), weights_only=True)["epoch"] == 1
+    assert torch.load(checkpoint_files(killed).state, weights_only=True)["epoch"] == 1
 
     seen = []
     resumed_model, resumed = train_model(points, split, store, config, killed, seen.append, False, resume=True)
@@ -127,8 +128,8 @@ def test_a_loss_that_is_not_finite_stops_training_and_keeps_the_last_good_checkp
 
     with pytest.raises(TrainingDiverged, match=r"epoch 2: train loss nan.*not finite.*holds epoch 1"):
         fit(model, family, *loaders, config, tmp_path / "ckpt", poison, progress=False)
-    _, last = checkpoint_files(tmp_path / "ckpt")
+    last = checkpoint_files(tmp_path / "ckpt").last
     kept = torch.load(last, weights_only=True)
     assert kept["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
-    assert torch.load(training_state_file(tmp_path / "ckpt"), weights_only=True)["epoch"] == 1
+    assert torch.load(checkpoint_files(tmp_path / "ckpt").state, weights_only=True)["epoch"] == 1

@@ -4,20 +4,15 @@ import logging
 
 import pytest
 
-from spine_model.catalog import Workspace
-from spine_model.config import TrainConfig
-from spine_model.evaluate import evaluate_model
-from spine_model.ingest import dicom_path
-from spine_model.steps import (
-    RunInputs,
-    evaluate_step,
-    ingest_step,
-    prepare_run,
-    series_to_store,
-    store_step,
-    train_step,
-)
-from spine_model.train import load_checkpoint
+from spine_model.core.catalog import Workspace, image_file
+from spine_model.core.config import TrainConfig
+from spine_model.evaluation.reports import evaluate_model
+from spine_model.inference.prior import load_priors
+from spine_model.pipeline.data import ingest_step, series_to_store, store_step
+from spine_model.pipeline.evaluate import evaluate_step
+from spine_model.pipeline.run import RunInputs, prepare_run
+from spine_model.pipeline.train import train_step
+from spine_model.training.checkpoints import load_checkpoint
 
 
 def test_points_on_unreadable_images_are_dropped_counted_and_logged(tiny_copy, tmp_path, caplog):
@@ -26,7 +21,7 @@ def test_points_on_unreadable_images_are_dropped_counted_and_logged(tiny_copy, t
     ingested = ingest_step(tiny_copy, cache)
     table, labels = ingested.read()
     broken = table.iloc[0]
-    path = dicom_path(tiny_copy, "train", broken.study_id, broken.series_id, broken.instance_number)
+    path = image_file(tiny_copy, "train", broken.study_id, broken.series_id, broken.instance_number)
     path.write_bytes(path.read_bytes()[:200])
     on_broken = (table["series_id"] == broken.series_id) & (table["instance_number"] == broken.instance_number)
 
@@ -63,6 +58,7 @@ def test_restore_best_chooses_the_checkpoint_that_is_evaluated_and_served(tiny_d
     evaluation, paths = evaluate_step(last, progress=False)
     # the last checkpoint's own score, computed apart, is what was evaluated and saved
     model, saved_config = load_checkpoint(run.folder.last_checkpoint)
-    direct = evaluate_model(model, run.points, run.labels, run.record.split, run.store, saved_config, False)
+    prior = load_priors(run.folder.priors)[1]
+    direct = evaluate_model(model, run.points, run.labels, run.record.split, run.store, saved_config, prior, False)
     assert evaluation.score == pytest.approx(direct.score) and evaluation.n_studies == direct.n_studies > 0
     assert json.loads(paths["metrics"].read_text())["val_competition_score"] == pytest.approx(direct.score)

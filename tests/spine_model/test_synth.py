@@ -5,7 +5,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from spine_model.constants import (
+from spine_model.core.constants import (
     AXIAL_T2,
     LABEL_COLUMNS,
     SAGITTAL_T1,
@@ -13,7 +13,7 @@ from spine_model.constants import (
     SERIES_DESCRIPTIONS,
     SEVERITY_COLUMNS,
 )
-from spine_model.synth import LABEL_SHARES, _sample_labels, generate_dataset
+from spine_model.data.synth import LABEL_SHARES, _sample_labels, generate_dataset
 
 LAYOUT = [
     "train.csv",

@@ -59,7 +59,8 @@ def test_a_stop_signal_during_a_write_to_the_store_waits_for_the_write(tmp_path)
 
     import sqlalchemy
 
-    from spine_model import interrupts, tracking
+    from spine_model import tracking
+    from spine_model.core import interrupts
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_id = tracking.start_run("stopped", "write", tracking_uri=uri)

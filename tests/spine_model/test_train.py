@@ -5,13 +5,16 @@ import pytest
 import torch
 from torch.utils.data import SequentialSampler
 
-from spine_model.catalog import checkpoint_files
-from spine_model.config import TrainConfig
+from spine_model.core.catalog import checkpoint_files
+from spine_model.core.config import TrainConfig
+from spine_model.core.split import split_by_study
+from spine_model.data.ingest import build_long_table
 from spine_model.families import get_family
 from spine_model.families.base import model_inputs
-from spine_model.ingest import build_long_table
-from spine_model.split import split_by_study
-from spine_model.train import Batches, load_checkpoint, make_loader, resolve_device, train_model
+from spine_model.training.checkpoints import load_checkpoint
+from spine_model.training.devices import resolve_device
+from spine_model.training.loaders import Batches, make_loader
+from spine_model.training.loop import train_model
 from tests.conftest import FAMILIES
 
 
@@ -46,7 +49,7 @@ def test_training_writes_checkpoints_that_reload_identically(family_name, tiny_s
     assert [s.epoch for s in result.history] == [1, 2] == [s.epoch for s in seen]
     assert all(math.isfinite(s.train_loss) and math.isfinite(s.val_loss) for s in result.history)
     assert result.best_val_loss == min(s.val_loss for s in result.history)
-    best, last = checkpoint_files(tmp_path / "ckpt")
+    best, last, _ = checkpoint_files(tmp_path / "ckpt")
     reloaded, reloaded_config = load_checkpoint(best)
     assert reloaded_config == config and type(reloaded) is type(model)
     model.eval()

@@ -10,8 +10,8 @@ import pydicom.uid
 from typer.testing import CliRunner
 
 from flows.cli import app
-from spine_model.ingest import dicom_path
-from spine_model.validate import validate_data
+from spine_model.core.catalog import image_file
+from spine_model.data.validate import validate_data
 
 runner = CliRunner()
 
@@ -52,7 +52,7 @@ def test_every_problem_is_counted_with_examples(tiny_copy):
     # One image of a series at another size, one in a transfer syntax nothing decodes.
     other = coordinates[coordinates["series_id"] != first.series_id].iloc[0]
     labelled = set(coordinates.loc[coordinates["series_id"] == first.series_id, "instance_number"])
-    folder = dicom_path(tiny_copy, "train", first.study_id, first.series_id, 0).parent
+    folder = image_file(tiny_copy, "train", first.study_id, first.series_id, 0).parent
     unlabelled = next(p for p in sorted(folder.glob("*.dcm")) if int(p.stem) not in labelled)
     _rewrite(
         unlabelled,
@@ -64,7 +64,7 @@ def test_every_problem_is_counted_with_examples(tiny_copy):
         ds.file_meta.TransferSyntaxUID = pydicom.uid.MPEG2MPML
         ds.PixelData = pydicom.encaps.encapsulate([ds.PixelData])
 
-    _rewrite(dicom_path(tiny_copy, "train", other.study_id, other.series_id, other.instance_number), to_video)
+    _rewrite(image_file(tiny_copy, "train", other.study_id, other.series_id, other.instance_number), to_video)
 
     report = validate_data(tiny_copy, workers=1, progress=False)
     found = {finding.check: finding for finding in report.findings}

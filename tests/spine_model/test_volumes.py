@@ -11,17 +11,17 @@ import pandas as pd
 import pydicom
 import pytest
 
-from spine_model.catalog import StoreFiles
-from spine_model.ingest import build_long_table
-from spine_model.steps import series_to_store
-from spine_model.synth import write_dicom
-from spine_model.volumes import (
+from spine_model.core.catalog import StoreFiles
+from spine_model.data.ingest import build_long_table
+from spine_model.data.synth import write_dicom
+from spine_model.data.volumes import (
     MemoryVolumeStore,
     VolumeStore,
     build_volume_store,
     locate_points,
     read_series,
 )
+from spine_model.pipeline.data import series_to_store
 
 STUDY, SERIES = 11, 22
 SAGITTAL = [0, 1, 0, 0, 0, -1]  # slice normal along -x: position = -x
@@ -189,7 +189,7 @@ def test_read_series_reports_unreadable_files_instead_of_raising(tmp_path):
 
 def test_series_window_from_a_pixel_sample_matches_the_full_window(tmp_path, monkeypatch):
     """A large series' window comes from strided pixels: the stored slices stay within a grey level or two."""
-    from spine_model import volumes
+    from spine_model.data import volumes
 
     rng = np.random.default_rng(0)
     folder = tmp_path / "train_images" / str(STUDY) / str(SERIES)

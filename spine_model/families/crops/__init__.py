@@ -12,9 +12,8 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from spine_model.constants import LEVELS
-from spine_model.families.backbones import classification_models
-from spine_model.families.base import CELLS_SHAPE, ModelFamily, cell_index, jitter_intensity, softmax
+from spine_model.core.cells import CELLS_SHAPE, cell_index, prior_cells
+from spine_model.families.base import ModelFamily, jitter_intensity, softmax
 from spine_model.families.crops.data import CropDataset, crop_sides, prepare_crops
 from spine_model.families.crops.model import CropNet
 
@@ -22,15 +21,6 @@ from spine_model.families.crops.model import CropNet
 class CropsFamily(ModelFamily):
     name = "crops"
     input_names = ("crop", "cell")
-
-    def check(self, config) -> None:
-        if config.crop_slices % 2 == 0:
-            raise ValueError(f"crop_slices must be odd (the point's slice in the middle), got {config.crop_slices}")
-        if config.backbone not in classification_models():
-            raise ValueError(
-                f"unknown backbone {config.backbone!r} for model family 'crops': use a torchvision "
-                "classification model, e.g. resnet18, resnet34, efficientnet_b0, convnext_tiny"
-            )
 
     def describe(self, config) -> str:
         side = f"{config.crop_mm:g}mm" if config.crop_mm > 0 else f"{config.crop_fraction:g} of the image"
@@ -60,7 +50,7 @@ class CropsFamily(ModelFamily):
         probabilities = softmax(outputs)
         frame = pd.DataFrame(probabilities).assign(study_id=points["study_id"].to_numpy(), cell=cell_index(points))
         means = frame.groupby(["study_id", "cell"]).mean()
-        prior = np.repeat(np.asarray(class_prior, dtype=np.float64)[:, None, :], len(LEVELS), axis=1)
+        prior = prior_cells(class_prior)
         by_study = {}
         for study_id, cells in means.groupby(level="study_id"):
             study = prior.copy().reshape(-1, CELLS_SHAPE[-1])

@@ -7,8 +7,9 @@ import pandas as pd
 import torch
 from torchvision.ops import roi_align
 
-from spine_model.families.base import BatchedDataset, cell_index, normalise, point_labels
-from spine_model.volumes import VolumeReader
+from spine_model.core.cells import cell_index
+from spine_model.data.volumes import VolumeReader
+from spine_model.families.base import BatchedDataset, normalise, point_labels
 
 MIN_SIDE = 4  # pixels of the store: a crop never shrinks below this
 

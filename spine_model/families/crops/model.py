@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from spine_model.constants import CONDITIONS, LEVELS, SEVERITIES
+from spine_model.core.constants import CONDITIONS, LEVELS, SEVERITIES
 from spine_model.families.backbones import create_backbone
 
 N_CELLS = len(CONDITIONS) * len(LEVELS)

@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from spine_model.families.backbones import RESNETS
 from spine_model.families.base import ModelFamily
 from spine_model.families.localiser.data import LocaliserDataset, heatmap_loss, hits, training_groups
 from spine_model.families.localiser.model import LocaliserNet
@@ -29,10 +28,6 @@ class LocaliserFamily(ModelFamily):
     name = "localiser"
     input_names = ("slices", "position")
     produces = "points"
-
-    def check(self, config) -> None:
-        if config.backbone not in RESNETS:
-            raise ValueError(f"model family 'localiser' needs a ResNet backbone {RESNETS}, not {config.backbone!r}")
 
     def describe(self, config) -> str:
         return f"localiser {config.backbone} {config.image_size}px heatmaps"

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from spine_model.constants import AXIAL_T2, CONDITION_SERIES
+from spine_model.core.constants import AXIAL_T2, CONDITION_SERIES
+from spine_model.data.volumes import VolumeReader, resize_square
 from spine_model.families.localiser.model import STRIDE, channel
-from spine_model.volumes import VolumeReader, resize_square
 
 log = logging.getLogger(__name__)
 

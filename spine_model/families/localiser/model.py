@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from spine_model.constants import CONDITIONS, LEVELS, SPINAL_CONDITION
+from spine_model.core.constants import CONDITIONS, LEVELS, SPINAL_CONDITION
 from spine_model.families.backbones import load_pretrained_state_dict
 
 STRIDE = 4  # heatmap cells per input pixel: one cell covers 4 x 4 pixels

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from spine_model.families.backbones import RESNETS
 from spine_model.families.base import ModelFamily, mean_by_study, softmax
 from spine_model.families.seed.data import SeedDataset, prepare_seed
 from spine_model.families.seed.model import create_spinenet
@@ -20,12 +19,6 @@ from spine_model.families.seed.model import create_spinenet
 class SeedFamily(ModelFamily):
     name = "seed"
     input_names = ("image", "coords")
-
-    def check(self, config) -> None:
-        if config.backbone not in RESNETS:
-            raise ValueError(
-                f"model family 'seed' (SpineNet) needs a ResNet backbone {RESNETS}, not {config.backbone!r}"
-            )
 
     def describe(self, config) -> str:
         return f"seed {config.backbone} {config.image_size}px"

@@ -7,8 +7,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from spine_model.data.volumes import VolumeReader
 from spine_model.families.base import BatchedDataset, jitter_intensity, normalise, point_labels
-from spine_model.volumes import VolumeReader
 
 
 class SeedDataset(BatchedDataset):

@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
+from spine_model.core.cells import CELLS_SHAPE
 from spine_model.families.backbones import load_pretrained_state_dict
-from spine_model.families.base import CELLS_SHAPE
 
 
 class SpineNet(nn.Module):

@@ -1,0 +1,98 @@
+"""Publishing steps: a trained run folder logged to MLflow (metrics, reports, plots, weights, the
+PyTorch model and the serving model), and a submission scored where the answers are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spine_model import tracking
+from spine_model.core.catalog import WEIGHTS_ARTIFACTS, RunFolder, image_file
+from spine_model.core.constants import SOLUTION_CSV
+from spine_model.core.files import atomic_write
+from spine_model.data.volumes import SLICE_KEY
+from spine_model.evaluation.metric import score_against_prior
+from spine_model.families import get_family
+from spine_model.families.base import model_inputs
+from spine_model.pipeline.run import RunInputs, role_of
+from spine_model.training.checkpoints import load_checkpoint
+
+
+def log_run_outputs(run_id: str, run: RunInputs, tracking_uri: str | None = None) -> dict[str, str]:
+    """Log a trained run folder of any family to MLflow: final metrics, reports, plots, record,
+    priors, weights and the PyTorch model (input example: a real validation batch). The model URI
+    becomes a run tag and is returned; the serving model is logged apart (`log_serving_model`).
+    """
+    folder = run.folder
+    model, config = load_checkpoint(run.weights)
+    family = get_family(config.model_family)
+    files = role_of(config).evaluation_files(folder)
+    tracking.log_metrics(run_id, json.loads(files["metrics"].read_text()), tracking_uri=tracking_uri)
+    fit = json.loads(folder.fit_summary.read_text())
+    tracking.log_metrics(run_id, {"best_epoch": fit["best_epoch"]}, tracking_uri=tracking_uri)
+    pictures = [p for key, p in files.items() if key.endswith("_png")]
+    tracking.log_artifacts(run_id, [p for p in files.values() if p not in pictures], "reports", tracking_uri)
+    tracking.log_artifacts(run_id, [*pictures, folder.curves], "plots", tracking_uri)
+    tracking.log_artifacts(run_id, [folder.record, folder.history, folder.priors], "run", tracking_uri)
+    tracking.log_artifacts(run_id, [run.weights], WEIGHTS_ARTIFACTS, tracking_uri)
+
+    examples = run.record.split.select(run.points, "val").head(2)
+    inputs, _ = model_inputs(family, family.dataset(examples, run.store, config, train=False), config, 2)
+    with tracking.active_run(run_id, tracking_uri):
+        named = {name: tensor.numpy() for name, tensor in zip(family.input_names, inputs, strict=True)}
+        uris = {"model_uri": tracking.log_pytorch_model(model, named)}
+    tracking.set_tags(run_id, uris, tracking_uri)
+    _record_model_uris(folder, uris)
+    return uris
+
+
+def log_serving_model(
+    run_id: str, run: RunInputs, localiser_checkpoint: str | Path | None = None, tracking_uri: str | None = None
+) -> str:
+    """Log the serving pyfunc of a classifier run (weights, priors and, when given, the localiser
+    that places its test-time points); its URI becomes a run tag and is returned."""
+    from spine_model.serving.pyfunc import log_pyfunc_model  # imports mlflow: only when logging
+
+    folder = run.folder
+    examples = run.record.split.select(run.points, "val").head(2)
+    with tracking.active_run(run_id, tracking_uri):
+        uri = log_pyfunc_model(
+            run.weights, folder.priors, serving_example(examples, run.record.data_dir),
+            run.record.config.store_size, localiser_checkpoint,
+        )  # fmt: skip
+    tracking.set_tags(
+        run_id, {"serving_model_uri": uri, "localiser": "yes" if localiser_checkpoint else "no"}, tracking_uri
+    )
+    _record_model_uris(folder, {"serving_model_uri": uri})
+    return uri
+
+
+def _record_model_uris(folder: RunFolder, uris: dict[str, str]) -> None:
+    known = read_model_uris(folder.root)
+    payload = json.dumps({**known, **uris}, indent=2).encode()
+    atomic_write(folder.model_uris, lambda handle: handle.write(payload))
+
+
+def serving_example(points: pd.DataFrame, data_dir: str) -> pd.DataFrame:
+    """Training points as the serving model's input: image references with their points."""
+    paths = [str(image_file(data_dir, "train", *key)) for key in points[SLICE_KEY].itertuples(index=False)]
+    columns = [*SLICE_KEY, "series_description", "x", "y", "condition", "level"]
+    return points[columns].assign(image_path=paths).reset_index(drop=True)
+
+
+def read_model_uris(run_dir: str | Path) -> dict[str, str]:
+    """The MLflow model URIs that log_run_outputs recorded for a run folder (empty before)."""
+    path = RunFolder(run_dir).model_uris
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def score_step(data_dir: str | Path, submission_path: str | Path, class_prior) -> dict[str, float] | None:
+    """A submission's score beside the prior's, against `{data_dir}/test_solution.csv` if there is one."""
+    solution_path = Path(data_dir) / SOLUTION_CSV
+    if not solution_path.is_file():
+        return None
+    submission = pd.read_csv(submission_path)
+    return score_against_prior(pd.read_csv(solution_path), submission, np.asarray(class_prior, dtype=np.float64))

@@ -1,8 +1,0 @@
-"""The serving model's code, which MLflow logs as a file (models-from-code) and runs at load time:
-nothing of the model is pickled, so loading it runs only this package's code."""
-
-import mlflow
-
-from spine_model.tracking.pyfunc import SpineModel
-
-mlflow.models.set_model(SpineModel())
