@@ -369,6 +369,33 @@ def predict(
 
 
 @app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="work pool to take flow runs from (e.g. gpu, cpu)")],
+    name: Annotated[str | None, typer.Option(help="worker name shown in the Prefect UI")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="flow runs at once (default: no limit)")] = None,
+    healthcheck: Annotated[
+        bool, typer.Option("--with-healthcheck/--no-healthcheck", help="serve Prefect's worker health check")
+    ] = False,
+    grace: Annotated[
+        float, typer.Option(min=1, help="seconds the flow runs get to stop cleanly before they are killed")
+    ] = 30.0,
+) -> None:
+    """A Prefect process worker (`prefect worker start --type process`) whose flow runs stop within
+    seconds when it is told to stop.
+
+    On SIGTERM (a supervisor: systemd, `docker stop`, Kubernetes) or Ctrl-C, every flow run it
+    started gets SIGTERM first and ends through its own clean-up (last checkpoint kept, MLflow run
+    KILLED with the epoch reached and how to resume it, Prefect flow run Crashed), then the worker
+    stops; exit status 143 (130 for Ctrl-C). What outlasts --grace is killed.
+    """
+    from flows.worker import run_worker
+
+    args = ["--pool", pool, "--type", "process", *(["--name", name] if name else [])]
+    args += [*(["--limit", str(limit)] if limit else []), *(["--with-healthcheck"] if healthcheck else [])]
+    raise typer.Exit(code=run_worker(args, grace))
+
+
+@app.command()
 def stack(
     state_dir: Annotated[Path, typer.Option(help="folder for server databases, artifacts and logs")] = Path(".stack"),
     prefect_port: Annotated[int, typer.Option(help="Prefect server port on 127.0.0.1")] = 4200,

@@ -4,8 +4,9 @@ A run stopped by Ctrl-C or SIGTERM ends itself (see spine_model.core.interrupts)
 `except` marks its MLflow runs KILLED with the epoch reached (`mark_stopped`), Prefect marks the
 flow run Crashed, and the last checkpoint stays for `spine train --resume`.
 
-A process killed outright runs none of that: a Prefect process worker that is stopped kills its
-flow runs' processes without a word to them, as do the kernel when memory runs out and `kill -9`.
+A process killed outright runs none of that: the kernel when memory runs out, `kill -9`, or a
+plain Prefect process worker that is stopped, which may kill its flow runs' processes without a
+word to them (`spine worker` signals them first: flows/worker.py).
 For those, each flow run starts a `Guard`: a small process in a session of its own (so that the
 signals aimed at the run's process group miss it) that waits until its parent is gone. A parent
 that ends normally says so first (`Guard.release`); one that is gone without a word was killed,

@@ -168,8 +168,9 @@ class LocalStack:
         self._run(["prefect", "--no-prompt", "deploy", *(f"--name={name}" for name in PROCESS_DEPLOYMENTS)])
 
     def start_workers(self, pools: Sequence[str] = ("cpu", "gpu")) -> None:
+        """`spine worker`s: process workers whose flow runs stop cleanly when the stack stops."""
         for pool in pools:
-            self._start(f"worker-{pool}", ["prefect", "worker", "start", "--pool", pool, "--name", f"local-{pool}"])
+            self._start(f"worker-{pool}", ["spine", "worker", "--pool", pool, "--name", f"local-{pool}"])
 
     def start(self) -> LocalStack:
         self.start_servers()

@@ -4,8 +4,10 @@
   the temporary Prefect server), and SIGTERM to the group as a process supervisor sends it: exit
   status 130 / 143, no retry, the last checkpoint kept, the MLflow run KILLED with the epoch
   reached, the Prefect flow runs Crashed, a line saying how to resume, no process left behind.
-- A Prefect process worker told to stop while its flow run trains (it kills the flow run's
-  process outright): the run's guard marks the MLflow run KILLED and the flow run Crashed.
+- `spine worker` (a Prefect process worker) told to stop while its flow run trains: the flow run
+  stops through the same clean-up within seconds, and nothing trains on.
+- A run killed outright (kill -9, out of memory): its guard marks the MLflow run KILLED and the
+  flow runs Crashed, and stops the temporary Prefect server.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from prefect.settings import PREFECT_API_URL
 
 from flows.config import PipelineConfig
 from flows.train import train_pipeline
+from flows.worker import _alive, children
 from spine_model.core.catalog import RunFolder
 from tests.conftest import TINY_TRAIN
 from tests.helpers import cli_options
@@ -145,7 +148,8 @@ def test_sigterm_to_the_process_group_stops_the_run(prefect_harness, tiny_data, 
     _wait_for(lambda: _group_is_empty(process.pid), 15, "end of the loader workers")
 
 
-def test_a_worker_told_to_stop_leaves_its_run_killed_and_crashed_not_running(prefect_harness, tiny_data, tmp_path):
+def test_a_worker_told_to_stop_stops_its_flow_run_within_seconds(prefect_harness, tiny_data, tmp_path):
+    """`spine worker` (a process worker) gets SIGTERM, as a supervisor stops it, while its flow run trains."""
     pool = f"stop-test-{os.getpid()}"
     with get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
@@ -158,8 +162,8 @@ def test_a_worker_told_to_stop_leaves_its_run_killed_and_crashed_not_running(pre
     worker_log = tmp_path / "worker.log"
     with open(worker_log, "wb") as output:
         worker = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"], env=env,
-            stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+            [sys.executable, "-m", "flows.cli", "worker", "--pool", pool, "--grace", "60"], env=env, stdout=output,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = PipelineConfig(
@@ -173,25 +177,35 @@ def test_a_worker_told_to_stop_leaves_its_run_killed_and_crashed_not_running(pre
             timeout=0, as_subflow=False,
         )  # fmt: skip
         _wait_for(RunFolder(run_dir).training_state.is_file, 600, "training state", worker, worker_log)
+        flow_runs = children(worker.pid)  # `prefect worker start`; its children are the flow runs
         worker.send_signal(signal.SIGTERM)  # as a supervisor stops a worker
-
-        def crashed() -> bool:
-            with get_client(sync_client=True) as client:
-                return client.read_flow_run(flow_run.id).state.is_crashed()
-
-        _wait_for(crashed, 60, "Crashed flow run")
-    except AssertionError as error:
-        guard = RunFolder(run_dir).guard_log
-        raise AssertionError(
-            f"{error}\nworker:\n{worker_log.read_text(errors='replace')[-3000:]}\nguard:\n"
-            f"{guard.read_text() if guard.is_file() else '(no guard log)'}"
-        ) from None
+        started = time.monotonic()
+        worker.wait(90)
+        seconds = time.monotonic() - started
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(worker.pid, signal.SIGKILL)
         worker.wait(30)
+    output = worker_log.read_text(errors="replace")
+    assert worker.returncode == 143 and seconds < 30, output[-3000:]
     with get_client(sync_client=True) as client:
-        message = client.read_flow_run(flow_run.id).state.message
-    assert f"resume with: spine train --resume {run_dir}" in message
+        state = client.read_flow_run(flow_run.id).state
+    assert state.is_crashed() or state.is_cancelled(), (state, output[-3000:])
+    assert f"resume with: spine train --resume {run_dir}" in output
+    _assert_killed_at_its_last_epoch(tracking_uri, run_dir, "SIGTERM")
+    assert flow_runs and not any(_alive(pid) for pid in flow_runs)  # nothing trains on
+
+
+def test_a_run_killed_outright_is_marked_killed_and_crashed_by_its_guard(tiny_data, tmp_path):
+    """kill -9 (or the kernel out of memory) gives the run no chance to report: its guard does."""
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "DATA": str(tiny_data)}
+    env.pop("PREFECT_API_URL", None)  # a temporary server, which the guard stops once it has reported
+    process, run_dir, tracking_uri = _train_in_own_session(tmp_path, env)
+    process.kill()  # the main process only, as the kernel's out-of-memory killer does
+    process.wait(30)
+    _wait_for(lambda: "Crashed" in RunFolder(run_dir).guard_log.read_text(), 60, "guard's Crashed")
     _assert_killed_at_its_last_epoch(tracking_uri, run_dir, "killed")
-    assert "Crashed" in RunFolder(run_dir).guard_log.read_text()
+    database = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
+    states = dict(database.execute("SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id"))
+    assert states == {"train-pipeline": "CRASHED", "train-on-gpu": "CRASHED"}, states
+    _wait_for(lambda: _group_is_empty(process.pid), 30, "end of the loader workers")
