@@ -13,7 +13,7 @@ export MLFLOW_DISABLE_TELEMETRY := true
 # The seed's full settings (family seed, 224 px, pretrained resnet18, lr 0.01, batch 64, 10 epochs)
 # stay the defaults of `spine train`.
 DEMO_DATA ?= spine_outputs/demo_data
-DEMO_SYNTH ?= --studies 150 --test-studies 20 --image-size 96 --slices 10 --seed 0
+DEMO_SYNTH ?= --studies 150 --test-studies 20 --image-size 96 --slices 10 --seed 0 --difficulty realistic
 DEMO_TRAIN ?= --model-family crops --crop-pooling channels --store-size 96 --crop-size 32 --epochs 4 \
 	--lr 0.001 --batch-size 32 --augment --no-pretrained --num-workers 2 --val-fraction 0.2 \
 	--localiser-image-size 64 --localiser-epochs 4

@@ -69,11 +69,21 @@ def synth(
     image_size: Annotated[int, typer.Option(min=16, help="DICOM width in pixels (heights vary)")] = 96,
     slices: Annotated[int, typer.Option(min=5, help="slices per series")] = 10,
     seed: Annotated[int, typer.Option(help="random seed; same seed, same files")] = 0,
+    difficulty: Annotated[
+        str,
+        typer.Option(
+            help="'realistic': labels a noisy read of continuous grades the images show, the truth "
+            "(synthetic_posteriors.csv) beside them, a best attainable score near the real leaderboard's; "
+            "'easy': labels set the images (a clear signal, for tests)"
+        ),
+    ] = "realistic",
 ) -> None:
     """Write a synthetic dataset in the exact Kaggle layout (DICOM + CSVs)."""
-    from spine_model.data.synth import generate_dataset
+    from spine_model.data.synth import DIFFICULTIES, generate_dataset
 
-    summary = generate_dataset(out, studies, test_studies, image_size, slices, seed)
+    if difficulty not in DIFFICULTIES:
+        raise _fail(f"--difficulty must be one of {', '.join(DIFFICULTIES)}, not {difficulty!r}")
+    summary = generate_dataset(out, studies, test_studies, image_size, slices, seed, difficulty=difficulty)
     console.print(summary.describe())
 
 
@@ -359,13 +369,10 @@ def predict(
     except KeyboardInterrupt as stop:
         raise _stopped(stop, "run the same `spine predict` again (the volume store keeps what is decoded)") from None
     console.print(f"wrote {result['rows']} rows ({result['rows'] // 25} studies) to {result['submission']}")
-    scores = result["scores"]
-    if scores:
-        verdict = "beats" if scores["score"] < scores["prior_score"] else "does not beat"
-        console.print(
-            f"competition score {scores['score']:.4f}   prior baseline {scores['prior_score']:.4f}   "
-            f"(lower is better: the model {verdict} the prior)"
-        )
+    if result["scores"]:
+        from spine_model.evaluation.metric import describe_scores
+
+        console.print(describe_scores(result["scores"]))
 
 
 @app.command()

@@ -8,6 +8,7 @@ from prefect import flow, get_run_logger
 
 from spine_model import tracking
 from spine_model.core.catalog import CHAMPION_URI, DEFAULT_WORKDIR, Workspace
+from spine_model.evaluation.metric import describe_scores
 from tasks.data import preflight_task, volume_store
 from tasks.predict import inference_frame_task, predict_task, score_task, store_size_task
 
@@ -40,5 +41,5 @@ def predict(
     result = predict_task(model_uri, frame, store.root, str(Path(out).resolve()), uri, study_ids)
     scores = score_task(data_dir, result["submission"], result["class_prior"]) if split == "test" else None
     if scores:
-        get_run_logger().info("competition score %.4f, prior baseline %.4f", scores["score"], scores["prior_score"])
+        get_run_logger().info("%s", describe_scores(scores))
     return {**result, "scores": scores}

@@ -30,6 +30,15 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_realistic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny dataset's sizes at `--difficulty realistic` (labels a noisy read of grades, posteriors
+    beside them); read-only by convention."""
+    root = tmp_path_factory.mktemp("tiny_realistic")
+    generate_dataset(root, **TINY, difficulty="realistic")
+    return root
+
+
 @pytest.fixture
 def tiny_copy(tiny_data: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny dataset that a test may break."""

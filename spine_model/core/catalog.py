@@ -153,6 +153,7 @@ class RunFolder:
             "reports_text": out / "classification_reports.txt",
             "submission": out / "val_submission.csv",
             "confusion_png": out / "confusion_matrix.png",
+            "reliability_png": out / "reliability.png",
         }
 
     def localiser_evaluation_files(self) -> dict[str, Path]:

@@ -67,6 +67,9 @@ TRAIN_CSV = "train.csv"
 COORDINATES_CSV = "train_label_coordinates.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
 SOLUTION_CSV = "test_solution.csv"  # written by the synthetic generator only
+# Also the generator's only (realistic data): each cell's true P(label | grade), both splits; read by
+# evaluation to show the best attainable score beside a model's, never by training.
+POSTERIORS_CSV = "synthetic_posteriors.csv"
 
 
 def series_descriptions_csv(split: str) -> str:

@@ -1,9 +1,20 @@
 """A synthetic dataset in the exact Kaggle layout: the embedded default data.
 
 Every file of the competition layout is written (CSV files and real DICOM files written with
-pydicom), with label shares as in the real data. Each labelled point carries a local bright blob
-whose strength grows with severity, so a model that looks where the coordinates point can beat the
-class prior. Every study has its own spine in patient coordinates (levels, canal and foramina
+pydicom), with label shares as in the real data. Each point carries a local blob, dark in T2's
+bright canal and bright elsewhere, so a model that looks where the coordinates point can beat the
+class prior. Two difficulties:
+
+- `easy`: the blob's strength is set by the label (Normal/Mild, Moderate, Severe), so the label is
+  a function of the image and a good model scores near 0; for tests that need a clear signal.
+- `realistic`: each cell has a continuous degeneration grade (spine_model.data.grades), correlated
+  within the study, higher at the lower levels; the blob's strength and size grow smoothly with it,
+  and each series has its own contrast and a smooth intensity inhomogeneity across the field. The
+  label is a noisy read of the grade, as a radiologist's is. The true P(label | grade) of every
+  cell is written beside the labels (`synthetic_posteriors.csv`, both splits; evaluation reads it
+  to show the limit, training never does); its competition score, the best attainable, lies near
+  the real leaderboard's (about 0.35).
+ Every study has its own spine in patient coordinates (levels, canal and foramina
 placed with study-to-study variation), and every series is a real DICOM geometry over it
 (ImagePositionPatient, ImageOrientationPatient, PixelSpacing), so sagittal and axial series agree
 in 3-D; discs mark the levels. Slice order follows ImagePositionPatient (instance numbers run
@@ -41,19 +52,25 @@ from spine_model.core.constants import (
     SEVERITIES,
     SEVERITY_COLUMNS,
     SEVERITY_WEIGHTS,
+    POSTERIORS_CSV,
     SOLUTION_CSV,
     TRAIN_CSV,
     images_dir,
     row_id,
     series_descriptions_csv,
 )
+from spine_model.data.grades import MISSING_RATE, StudyGrades, sample_study
 
-# Shares of the real train.csv: Normal/Mild, Moderate, Severe among labelled cells ...
+# Shares of the real train.csv: Normal/Mild, Moderate, Severe among labelled cells (easy data).
 LABEL_SHARES = np.array([0.765, 0.161, 0.063]) / (0.765 + 0.161 + 0.063)
-# ... and missing cells, mostly subarticular: 10 cells at 2.6% + 15 at 0.2% = 1.2% overall.
-MISSING_RATE = {"subarticular": 0.026, "other": 0.002}
-# Blob strength per severity, relative to the tissue intensity.
+# Blob strength per severity, relative to the tissue intensity (easy data) ...
 BLOB_AMPLITUDE = (0.1, 0.4, 0.8)
+# ... and, for realistic data, a smooth function of the grade: from about 0.05 at grade 0 to 0.9,
+# half way at GRADE_MIDPOINT; the blob also widens by up to BLOB_WIDENING with it.
+GRADE_MIDPOINT, GRADE_SLOPE, BLOB_WIDENING = 1.3, 2.0, 0.35
+BIAS_FIELD = 0.25  # realistic data: intensity inhomogeneity across the field, at most +-25 %
+CONTRAST_GAMMA = (0.8, 1.25)  # realistic data: each series' own contrast curve
+DIFFICULTIES = ("easy", "realistic")
 NOISE_STD = 0.10
 FOV_MM = {SAGITTAL_T1: 240.0, SAGITTAL_T2: 240.0, AXIAL_T2: 160.0}  # field of view across the columns
 SLAB_MM = 40.0  # sagittal series span this much from patient left to right
@@ -90,6 +107,7 @@ class _Point:
     x: float
     y: float
     severity: int  # 0..2, or MISSING_LABEL
+    grade: float | None = None  # the latent grade the image shows (realistic data)
 
 
 def _sample_labels(rng: np.random.Generator) -> np.ndarray:
@@ -195,7 +213,9 @@ class _Series:
         return axes[0], axes[1], axes[2]
 
 
-def _series_points(series: _Series, spine: _Spine, labels: np.ndarray, rng: np.random.Generator) -> list[_Point]:
+def _series_points(
+    series: _Series, spine: _Spine, labels: np.ndarray, rng: np.random.Generator, cell_grades: np.ndarray | None
+) -> list[_Point]:
     """The points this series carries: its conditions at its levels, with annotation jitter."""
     points = []
     for c, condition in enumerate(CONDITIONS):
@@ -204,8 +224,11 @@ def _series_points(series: _Series, spine: _Spine, labels: np.ndarray, rng: np.r
         for lv in series.levels:
             slice_index, x, y = series.locate(spine.point(condition, lv))
             jitter = rng.normal(0, 0.01 * series.columns, size=2)
-            severity = int(labels[c * len(LEVELS) + lv])
-            points.append(_Point(condition, LEVELS[lv], slice_index, x + jitter[0], y + jitter[1], severity))
+            cell = c * len(LEVELS) + lv
+            grade = None if cell_grades is None else float(cell_grades[cell])
+            points.append(
+                _Point(condition, LEVELS[lv], slice_index, x + jitter[0], y + jitter[1], int(labels[cell]), grade)
+            )
     return points
 
 
@@ -255,12 +278,33 @@ def _render_series(series: _Series, spine: _Spine, points: list[_Point], rng: np
     sigma = max(1.5, 0.035 * series.columns)
     sign = -1.0 if series.description == SAGITTAL_T2 else 1.0
     for point in points:
-        # A missing label still has anatomy; draw it at a random severity.
-        severity = point.severity if point.severity >= 0 else int(rng.integers(3))
-        blob = np.exp(-((xx - point.x) ** 2 + (yy - point.y) ** 2) / (2 * sigma**2))
-        stack[point.slice_index] += sign * BLOB_AMPLITUDE[severity] * blob
+        if point.grade is None:
+            # A missing label still has anatomy; draw it at a random severity.
+            severity = point.severity if point.severity >= 0 else int(rng.integers(3))
+            amplitude, width = BLOB_AMPLITUDE[severity], sigma
+        else:  # the grade, shown continuously
+            strength = 1 / (1 + np.exp(-GRADE_SLOPE * (point.grade - GRADE_MIDPOINT)))
+            amplitude, width = 0.05 + 0.85 * strength, sigma * (1 + BLOB_WIDENING * (strength - 0.5))
+        blob = np.exp(-((xx - point.x) ** 2 + (yy - point.y) ** 2) / (2 * width**2))
+        stack[point.slice_index] += sign * amplitude * blob
+    if points and points[0].grade is not None:
+        stack = _scanner(stack, rng)
     scale = rng.uniform(800, 3000)  # MR intensities have no absolute unit
     return np.clip(stack * scale, 0, 65535).astype(np.uint16)
+
+
+def _scanner(stack: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What a real scanner adds (realistic data): a smooth intensity inhomogeneity across the field
+    (a tilt and a broad bump, the same on every slice of the series) and the series' own contrast."""
+    _, rows, columns = stack.shape
+    yy, xx = np.mgrid[0:rows, 0:columns].astype(np.float32)
+    u, v = xx / columns - 0.5, yy / rows - 0.5
+    tilt_u, tilt_v = rng.uniform(-1, 1, size=2) * BIAS_FIELD
+    centre_u, centre_v = rng.uniform(-0.3, 0.3, size=2)
+    bump = np.exp(-((u - centre_u) ** 2 + (v - centre_v) ** 2) / 0.1) - 0.5
+    field = 1 + tilt_u * u + tilt_v * v + rng.uniform(-0.5, 0.5) * BIAS_FIELD * bump
+    gamma = rng.uniform(*CONTRAST_GAMMA)
+    return (np.clip(stack * field, 0, None) ** gamma).astype(np.float32)
 
 
 def _unique_ids(rng: np.random.Generator, n: int) -> list[int]:
@@ -361,13 +405,15 @@ def _write_study(
     n_slices: Size,
     axial_slices: Size,
     rng: np.random.Generator,
+    cell_grades: np.ndarray | None = None,
 ) -> tuple[list[dict], list[dict], int]:
-    """Write one study's series; returns (series rows, coordinate rows, files written)."""
+    """Write one study's series (their blobs showing `cell_grades` when given, else the labels);
+    returns (series rows, coordinate rows, files written)."""
     series_rows, coordinate_rows, files = [], [], 0
     spine = _Spine.sample(rng)
     for series in _study_series(spine, image_size, n_slices, axial_slices, rng):
         series_id = int(rng.integers(10**7, 5 * 10**9))
-        points = _series_points(series, spine, labels, rng)
+        points = _series_points(series, spine, labels, rng, cell_grades)
         stack = _render_series(series, spine, points, rng)
         first_instance = int(rng.integers(1, 4))
         reversed_numbering = bool(rng.random() < 0.3)
@@ -447,6 +493,29 @@ def _write_test_answers(root: Path, test_labels: dict[int, np.ndarray]) -> None:
     )
 
 
+def _write_tables(
+    root: Path, all_labels: dict[str, dict[int, np.ndarray]], coordinate_rows: list[dict], posterior_rows: list[tuple]
+) -> None:
+    """train.csv, the coordinates, the test split's answers and (realistic data) the posteriors."""
+    _labels_frame(all_labels["train"]).to_csv(root / TRAIN_CSV, index=False)
+    pd.DataFrame(
+        coordinate_rows,
+        columns=["study_id", "series_id", "instance_number", "condition", "level", "x", "y"],
+    ).to_csv(root / COORDINATES_CSV, index=False)
+    _write_test_answers(root, all_labels["test"])
+    if posterior_rows:
+        columns = ["split", "row_id", "grade", *SEVERITY_COLUMNS]
+        pd.DataFrame(posterior_rows, columns=columns).to_csv(root / POSTERIORS_CSV, index=False, float_format="%.6g")
+
+
+def _posterior_rows(split: str, study_id: int, study: StudyGrades) -> list[tuple]:
+    """The study's 25 cells as rows of the posteriors file: split, row id, grade, P(label | grade)."""
+    return [
+        (split, f"{study_id}_{column}", round(float(grade), 4), *probabilities)
+        for column, grade, probabilities in zip(LABEL_COLUMNS, study.grades, study.posteriors, strict=True)
+    ]
+
+
 def _label_counts(study_labels: dict[int, np.ndarray]) -> dict[str, int]:
     cells = np.concatenate(list(study_labels.values()))
     counts = {name: int((cells == i).sum()) for i, name in enumerate(SEVERITIES)}
@@ -462,16 +531,22 @@ def generate_dataset(
     n_slices: Size = 10,
     seed: int = 0,
     axial_slices: Size | None = None,
+    difficulty: str = "easy",
 ) -> SynthSummary:
     """Write a synthetic dataset in the Kaggle layout to `out_dir`; deterministic per `seed`.
 
     image_size: DICOM width in pixels (heights vary around it); n_slices: slices per series, and
     per axial series unless `axial_slices` says otherwise. Each is a number, or a (low, high)
     range drawn from per series, e.g. the real data's sizes: image_size=(384, 640),
-    n_slices=(15, 20), axial_slices=(20, 40).
+    n_slices=(15, 20), axial_slices=(20, 40). difficulty: 'easy' (labels set the images) or
+    'realistic' (labels a noisy read of grades the images show; posteriors written beside them).
     """
     axial_slices = n_slices if axial_slices is None else axial_slices
     _check_sizes(n_studies, n_test_studies, image_size, n_slices, axial_slices)
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {DIFFICULTIES}, not {difficulty!r}")
+    # Realistic grades come from a stream of their own: the easy data's draws stay as they were.
+    grade_rng = np.random.default_rng([seed, 1]) if difficulty == "realistic" else None
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -484,14 +559,20 @@ def generate_dataset(
     files = n_series = 0
     all_labels: dict[str, dict[int, np.ndarray]] = {}
     coordinate_rows: list[dict] = []
+    posterior_rows: list[tuple] = []
     for split, ids in splits.items():
         series_rows: list[dict] = []
         all_labels[split] = {}
         for study_id in ids:
-            labels = _sample_labels(rng)
+            if grade_rng is None:
+                labels, cell_grades = _sample_labels(rng), None
+            else:
+                study = sample_study(grade_rng)
+                labels, cell_grades = study.labels, study.grades
+                posterior_rows += _posterior_rows(split, study_id, study)
             all_labels[split][study_id] = labels
             study_series, study_coordinates, n_files = _write_study(
-                root, split, study_id, labels, image_size, n_slices, axial_slices, rng
+                root, split, study_id, labels, image_size, n_slices, axial_slices, rng, cell_grades
             )
             series_rows += study_series
             files += n_files
@@ -502,13 +583,7 @@ def generate_dataset(
             root / series_descriptions_csv(split), index=False
         )
 
-    _labels_frame(all_labels["train"]).to_csv(root / TRAIN_CSV, index=False)
-    pd.DataFrame(
-        coordinate_rows,
-        columns=["study_id", "series_id", "instance_number", "condition", "level", "x", "y"],
-    ).to_csv(root / COORDINATES_CSV, index=False)
-
-    _write_test_answers(root, all_labels["test"])
+    _write_tables(root, all_labels, coordinate_rows, posterior_rows)
 
     summary = SynthSummary(
         out_dir=str(root),
@@ -519,7 +594,7 @@ def generate_dataset(
         coordinate_rows=len(coordinate_rows),
         label_counts=_label_counts(all_labels["train"]),
     )
-    sizes = {"image_size": image_size, "n_slices": n_slices}
+    sizes = {"image_size": image_size, "n_slices": n_slices, **({"difficulty": difficulty} if grade_rng else {})}
     if axial_slices != n_slices:
         sizes["axial_slices"] = axial_slices
     # out_dir left out: the same seed gives the same files wherever they are written

@@ -20,7 +20,10 @@ SETTINGS = (
     "batch_size",
     "augment",
 )
-METRICS = (SCORE, "val_prior_score", "final_val_accuracy", "val_normal_mild_f1", "val_moderate_f1", "val_severe_f1")
+METRICS = (
+    SCORE, "val_prior_score", "val_limit", "val_share_of_attainable_gain", "final_val_accuracy", "val_normal_mild_f1",
+    "val_moderate_f1", "val_severe_f1",
+)  # fmt: skip
 VAL_FINGERPRINT = "data_val_studies_sha"
 
 
@@ -55,6 +58,9 @@ def comparison_table(ranked: pd.DataFrame) -> pd.DataFrame:
                 "score": round(getattr(run, SCORE), 4),
                 "prior": _round(run.val_prior_score),
                 "gain": _gain(getattr(run, SCORE), run.val_prior_score),
+                # synthetic data that knows its true posteriors: the best attainable, and the share reached
+                "limit": _round(getattr(run, "val_limit", None)),
+                "share": _share(getattr(run, "val_share_of_attainable_gain", None)),
                 "accuracy": _round(run.final_val_accuracy),
                 "F1 N/M": _round(run.val_normal_mild_f1, 2),
                 "F1 Mod": _round(run.val_moderate_f1, 2),
@@ -63,7 +69,10 @@ def comparison_table(ranked: pd.DataFrame) -> pd.DataFrame:
                 "date": pd.Timestamp(run.start_time, unit="ms").strftime("%Y-%m-%d %H:%M"),
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    # The limit is known on synthetic data only: no empty columns for real data.
+    empty = [column for column in ("limit", "share") if column in table and table[column].isna().all()]
+    return table.drop(columns=empty)
 
 
 def _settings(run) -> str:
@@ -86,6 +95,11 @@ def _gain(score, prior) -> str | None:
     if _value(prior) is None or float(prior) == 0:
         return None
     return f"{100 * (float(prior) - float(score)) / float(prior):+.1f}%"
+
+
+def _share(value) -> str | None:
+    value = _value(value)
+    return None if value is None else f"{100 * value:.1f}%"
 
 
 def _minutes(start_time, end_time) -> float | None:

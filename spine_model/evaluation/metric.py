@@ -194,10 +194,44 @@ def prior_submission(prior: np.ndarray, study_ids: Iterable[int]) -> pd.DataFram
     return submission_from_probabilities({int(s): prior_cells(prior) for s in study_ids})
 
 
-def score_against_prior(solution: pd.DataFrame, submission: pd.DataFrame, prior: np.ndarray) -> dict[str, float]:
-    """The submission's competition score beside the prior baseline's, on the solution's studies."""
+def share_of_attainable_gain(score: float, prior_score: float, limit: float) -> float:
+    """(prior - score) / (prior - limit): the share of what can be gained over the prior baseline that
+    a score gains, the one figure that compares models across datasets (1: the best attainable)."""
+    return (prior_score - score) / (prior_score - limit) if prior_score > limit else float("nan")
+
+
+def score_against_prior(
+    solution: pd.DataFrame, submission: pd.DataFrame, prior: np.ndarray, posteriors: pd.DataFrame | None = None
+) -> dict[str, float]:
+    """The submission's competition score beside the prior baseline's, on the solution's studies; with
+    `posteriors` (synthetic data's true P(label | grade), submission-shaped), also the limit, their
+    score, and the share of the attainable gain the submission reaches."""
     study_ids = sorted(set(study_ids_of_rows(solution["row_id"])))
-    return {
+    scores = {
         "score": competition_score(solution, submission),
         "prior_score": competition_score(solution, prior_submission(prior, study_ids)),
     }
+    if posteriors is not None:
+        scores["limit"] = competition_score(solution, posteriors)
+        scores["share_of_attainable_gain"] = share_of_attainable_gain(
+            scores["score"], scores["prior_score"], scores["limit"]
+        )
+    return scores
+
+
+def describe_scores(scores: dict[str, float]) -> str:
+    """`score_against_prior`'s figures as a person reads them (and ECE per condition, when given)."""
+    verdict = "beats" if scores["score"] < scores["prior_score"] else "does not beat"
+    lines = [
+        f"competition score {scores['score']:.4f}   prior baseline {scores['prior_score']:.4f}   "
+        f"(lower is better: the model {verdict} the prior)"
+    ]
+    if "limit" in scores:
+        lines.append(
+            f"limit {scores['limit']:.4f} (the data's true posteriors: the best attainable)   "
+            f"share of the attainable gain {100 * scores['share_of_attainable_gain']:.1f} %"
+        )
+    errors = {key.removeprefix("ece_"): value for key, value in scores.items() if key.startswith("ece_")}
+    if errors:
+        lines.append("calibration error (ECE) " + ", ".join(f"{name} {value:.3f}" for name, value in errors.items()))
+    return "\n".join(lines)

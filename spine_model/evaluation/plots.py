@@ -85,3 +85,24 @@ def plot_localiser_examples(
     atomic_write_figure(path, fig, dpi=90)
     plt.close(fig)
     return Path(path)
+
+
+def plot_reliability(tables: dict[str, pd.DataFrame], path: str | Path, title: str = "validation") -> Path:
+    """A reliability diagram per condition (spine_model.evaluation.calibration): predicted probability
+    against how often it came true, one line per severity; the diagonal is a calibrated model."""
+    fig, axes = plt.subplots(1, max(1, len(tables)), figsize=(3.2 * max(1, len(tables)), 3.4), squeeze=False)
+    for ax, (condition, table) in zip(axes[0], tables.items(), strict=False):
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        for severity, part in table.groupby("severity", sort=False):
+            ax.plot(part["predicted"], part["observed"], marker="o", markersize=3, label=severity)
+        ax.set_title(condition.replace("_", " "), fontsize=9)
+        ax.set_xlim(0, 1), ax.set_ylim(0, 1)
+        ax.set_xlabel("predicted probability", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("observed share", fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"Reliability ({title})", fontsize=10)
+    fig.tight_layout()
+    atomic_write_figure(path, fig, dpi=100)
+    plt.close(fig)
+    return Path(path)

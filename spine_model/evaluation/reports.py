@@ -28,9 +28,11 @@ from spine_model.core.constants import (
 from spine_model.core.files import atomic_write_csv, atomic_write_text
 from spine_model.core.split import StudySplit
 from spine_model.data.volumes import VolumeReader
+from spine_model.evaluation import calibration
 from spine_model.evaluation.metric import (
     competition_score,
     prior_submission,
+    share_of_attainable_gain,
     solution_from_labels,
     submission_from_probabilities,
     weighted_log_loss,
@@ -112,6 +114,17 @@ class Evaluation:
     reports: dict[str, dict | None]
     confusion: np.ndarray  # (3, 3) rows true, columns predicted, over labelled cells
     submission: pd.DataFrame = field(repr=False)
+    # Calibration per condition: reliability tables (spine_model.evaluation.calibration) and their ECE.
+    reliability: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    calibration_error: dict[str, float] = field(default_factory=dict)
+    # Synthetic data that knows each cell's true P(label | grade): its score, the best attainable.
+    limit: float | None = None
+    limit_condition_log_loss: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def share_of_attainable_gain(self) -> float | None:
+        """(prior - score) / (prior - limit) when the limit is known."""
+        return None if self.limit is None else share_of_attainable_gain(self.score, self.prior_score, self.limit)
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric summary (for MLflow and comparisons)."""
@@ -129,6 +142,13 @@ class Evaluation:
                 flat[f"val_{key}_{stat.replace('-score', '')}"] = overall.get(severity, {}).get(stat, 0.0)
         for condition, value in self.condition_log_loss.items():
             flat[f"val_log_loss_{condition}"] = value
+            flat[f"val_prior_log_loss_{condition}"] = self.prior_condition_log_loss.get(condition, float("nan"))
+        for condition, value in self.calibration_error.items():
+            flat[f"val_ece_{condition}"] = value
+        if self.limit is not None:
+            flat["val_limit"] = self.limit
+            flat["val_share_of_attainable_gain"] = self.share_of_attainable_gain
+            flat.update({f"val_limit_log_loss_{c}": value for c, value in self.limit_condition_log_loss.items()})
         return flat
 
     def describe(self) -> str:
@@ -143,17 +163,28 @@ class Evaluation:
             f"Validation: {self.n_studies} studies, {self.n_points} points",
             f"  competition score {self.score:.4f}   prior baseline {self.prior_score:.4f}   "
             f"(lower is better: the model {verdict})",
+        ]
+        if self.limit is not None:
+            lines.append(
+                f"  limit {self.limit:.4f} (the data's true posteriors: the best attainable)   "
+                f"share of the attainable gain {100 * self.share_of_attainable_gain:.1f} %"
+            )
+        limit_column = f"{'limit':>8}" if self.limit is not None else ""
+        lines += [
             f"  loss {self.loss:.4f} (per point)   accuracy {self.accuracy:.4f} (labelled cells of the studies)",
             "",
-            f"  {'condition':<34}{'log loss':>9}{'prior':>8}  {'F1 N/M':>7}{'F1 Mod':>7}{'F1 Sev':>7}{'n':>7}",
+            f"  {'condition':<34}{'log loss':>9}{'prior':>8}{limit_column}{'ECE':>7}  "
+            f"{'F1 N/M':>7}{'F1 Mod':>7}{'F1 Sev':>7}{'n':>7}",
         ]
         for condition in CONDITIONS:
             report = self.reports.get(condition) or {}
             f1 = [report.get(s, {}).get("f1-score", float("nan")) for s in SEVERITIES]
             support = int(sum(report.get(s, {}).get("support", 0) for s in SEVERITIES))
+            limit = f"{self.limit_condition_log_loss.get(condition, float('nan')):>8.4f}" if limit_column else ""
             lines.append(
                 f"  {condition:<34}{self.condition_log_loss.get(condition, float('nan')):>9.4f}"
-                f"{self.prior_condition_log_loss.get(condition, float('nan')):>8.4f}  "
+                f"{self.prior_condition_log_loss.get(condition, float('nan')):>8.4f}{limit}"
+                f"{self.calibration_error.get(condition, float('nan')):>7.3f}  "
                 f"{f1[0]:>7.2f}{f1[1]:>7.2f}{f1[2]:>7.2f}{support:>7d}"
             )
         overall = self.reports["overall"]
@@ -175,19 +206,29 @@ class Evaluation:
             "|---|---:|---:|---:|",
             f"| **model** | **{self.score:.4f}** | {self.loss:.4f} | {self.accuracy:.4f} |",
             f"| prior baseline | {self.prior_score:.4f} | | |",
+            *([f"| limit (true posteriors) | {self.limit:.4f} | | |"] if self.limit is not None else []),
             "",
             f"Lower is better: the model {verdict} the train-split class prior "
             f"({self.n_studies} validation studies, {self.n_points} points).",
+            *(
+                [
+                    f"It reaches **{100 * self.share_of_attainable_gain:.1f} %** of the attainable gain over the prior "
+                    "(the limit is the score of the data's true posteriors, the best any model can do)."
+                ]
+                if self.limit is not None
+                else []
+            ),  # fmt: skip
             "",
-            "| condition | log loss | prior | F1 Normal/Mild | F1 Moderate | F1 Severe |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| condition | log loss | prior | ECE | F1 Normal/Mild | F1 Moderate | F1 Severe |",
+            "|---|---:|---:|---:|---:|---:|---:|",
         ]
         for condition in CONDITIONS:
             report = self.reports.get(condition) or {}
             f1 = " | ".join(f"{report.get(s, {}).get('f1-score', float('nan')):.2f}" for s in SEVERITIES)
             lines.append(
                 f"| {condition} | {self.condition_log_loss.get(condition, float('nan')):.4f} | "
-                f"{self.prior_condition_log_loss.get(condition, float('nan')):.4f} | {f1} |"
+                f"{self.prior_condition_log_loss.get(condition, float('nan')):.4f} | "
+                f"{self.calibration_error.get(condition, float('nan')):.3f} | {f1} |"
             )
         return "\n".join(lines)
 
@@ -259,12 +300,14 @@ def evaluate_predictions(
     prior: np.ndarray,
     loss: float = float("nan"),
     n_points: int = 0,
+    posteriors: pd.DataFrame | None = None,
 ) -> Evaluation:
     """Score study-level probabilities {study_id: (5, 5, 3)} against the studies' labels.
 
     labels: per-study label indices (train.csv as loaded); prior: (5, 3) train-split class
     frequencies per condition, the baseline scored beside the model; loss: the family's loss over
-    its points, reported as it is.
+    its points, reported as it is; posteriors: the studies' true P(label | grade) as a submission
+    (realistic synthetic data), scored as the limit.
     """
     study_ids = sorted(cells)
     if not study_ids:
@@ -282,6 +325,11 @@ def evaluate_predictions(
     submission = submission_from_probabilities({s: cells[s] for s in study_ids})
     solution = solution_from_labels(known.loc[study_ids].reset_index())
     baseline = prior_submission(prior, study_ids)
+    reliability = calibration.by_condition(solution, submission)
+    limit = {} if posteriors is None else {
+        "limit": competition_score(solution, posteriors),
+        "limit_condition_log_loss": _condition_log_losses(solution, posteriors),
+    }  # fmt: skip
     return Evaluation(
         n_points=n_points,
         n_studies=len(study_ids),
@@ -294,6 +342,9 @@ def evaluate_predictions(
         reports=classification_reports(targets, predicted),
         confusion=confusion_matrix(targets[labelled], predicted[labelled], labels=CLASS_LABELS),
         submission=submission,
+        reliability=reliability,
+        calibration_error=calibration.condition_errors(reliability),
+        **limit,
     )
 
 
@@ -314,6 +365,7 @@ def evaluate_model(
     config: TrainConfig,
     class_prior: np.ndarray,
     progress: bool = True,
+    posteriors: pd.DataFrame | None = None,
 ) -> Evaluation:
     """Predict the split's validation points and score their studies beside the train-split class
     prior (5 conditions, 3), the one the run fitted (its priors.json)."""
@@ -324,4 +376,4 @@ def evaluate_model(
     outputs, targets = predict_outputs(model, loader, config, device, progress)
     loss, _ = point_loss_and_accuracy(outputs, targets, config.class_weights)
     cells = family.cell_probabilities(outputs, val_points, class_prior)
-    return evaluate_predictions(cells, labels, class_prior, loss, len(val_points))
+    return evaluate_predictions(cells, labels, class_prior, loss, len(val_points), posteriors)

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from spine_model.core.catalog import RunFolder, RunRecord
+from spine_model.data.grades import read_posteriors
 from spine_model.evaluation.localiser import LocaliserEvaluation, evaluate_localiser, with_slice_index
-from spine_model.evaluation.plots import plot_confusion_matrix, plot_localiser_examples
+from spine_model.evaluation.plots import plot_confusion_matrix, plot_localiser_examples, plot_reliability
 from spine_model.evaluation.reports import Evaluation, evaluate_model
 from spine_model.inference.localiser import Localiser
 from spine_model.inference.prior import load_priors
@@ -33,12 +34,14 @@ def evaluate_step(
         raise FileNotFoundError(f"{path} not found: the run has not finished an epoch yet")
     model, config = load_checkpoint(path)
     _, class_prior = load_priors(folder.priors)  # the train split's, fitted when the run was prepared
+    posteriors = read_posteriors(run.record.data_dir, run.record.split.val_study_ids)  # synthetic data only
     evaluation = evaluate_model(
-        model, run.points, run.labels, run.record.split, run.store, config, class_prior, progress
+        model, run.points, run.labels, run.record.split, run.store, config, class_prior, progress, posteriors
     )
     files = folder.evaluation_files()
     paths = evaluation.save(files)
     paths["confusion_png"] = plot_confusion_matrix(evaluation.confusion, files["confusion_png"])
+    paths["reliability_png"] = plot_reliability(evaluation.reliability, files["reliability_png"])
     return evaluation, paths
 
 

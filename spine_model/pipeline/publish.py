@@ -11,10 +11,13 @@ import pandas as pd
 
 from spine_model import tracking
 from spine_model.core.catalog import WEIGHTS_ARTIFACTS, RunFolder, image_file
-from spine_model.core.constants import SOLUTION_CSV
+from spine_model.core.constants import SOLUTION_CSV, study_ids_of_rows
 from spine_model.core.files import atomic_write
+from spine_model.data.grades import read_posteriors
 from spine_model.data.volumes import SLICE_KEY
+from spine_model.evaluation import calibration
 from spine_model.evaluation.metric import score_against_prior
+from spine_model.evaluation.plots import plot_reliability
 from spine_model.families import get_family
 from spine_model.families.base import model_inputs
 from spine_model.pipeline.run import RunInputs, role_of
@@ -90,9 +93,18 @@ def read_model_uris(run_dir: str | Path) -> dict[str, str]:
 
 
 def score_step(data_dir: str | Path, submission_path: str | Path, class_prior) -> dict[str, float] | None:
-    """A submission's score beside the prior's, against `{data_dir}/test_solution.csv` if there is one."""
+    """A submission's score beside the prior's, against `{data_dir}/test_solution.csv` if there is one
+    (synthetic data): with the limit and the share of the attainable gain where the data knows its true
+    posteriors, and the calibration per condition (ECE, and a reliability diagram written beside the
+    submission, `<name>_reliability.png`)."""
     solution_path = Path(data_dir) / SOLUTION_CSV
     if not solution_path.is_file():
         return None
-    submission = pd.read_csv(submission_path)
-    return score_against_prior(pd.read_csv(solution_path), submission, np.asarray(class_prior, dtype=np.float64))
+    solution, submission = pd.read_csv(solution_path), pd.read_csv(submission_path)
+    posteriors = read_posteriors(data_dir, study_ids_of_rows(solution["row_id"]))
+    scores = score_against_prior(solution, submission, np.asarray(class_prior, dtype=np.float64), posteriors)
+    tables = calibration.by_condition(solution, submission)
+    scores.update({f"ece_{condition}": error for condition, error in calibration.condition_errors(tables).items()})
+    picture = Path(submission_path).with_name(f"{Path(submission_path).stem}_reliability.png")
+    plot_reliability(tables, picture, title=f"{Path(submission_path).name} against {SOLUTION_CSV}")
+    return scores

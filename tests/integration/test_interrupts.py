@@ -203,9 +203,14 @@ def test_a_run_killed_outright_is_marked_killed_and_crashed_by_its_guard(tiny_da
     process, run_dir, tracking_uri = _train_in_own_session(tmp_path, env)
     process.kill()  # the main process only, as the kernel's out-of-memory killer does
     process.wait(30)
-    _wait_for(lambda: "Crashed" in RunFolder(run_dir).guard_log.read_text(), 60, "guard's Crashed")
-    _assert_killed_at_its_last_epoch(tracking_uri, run_dir, "killed")
     database = sqlite3.connect(tmp_path / "prefect" / "prefect.db")
-    states = dict(database.execute("SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id"))
-    assert states == {"train-pipeline": "CRASHED", "train-on-gpu": "CRASHED"}, states
+
+    def states() -> dict[str, str]:
+        return dict(database.execute("SELECT f.name, r.state_type FROM flow_run r JOIN flow f ON f.id = r.flow_id"))
+
+    # The guard marks the parent flow run, then its subflow: wait for both.
+    _wait_for(lambda: set(states().values()) == {"CRASHED"}, 60, f"both flow runs Crashed ({states()})")
+    assert set(states()) == {"train-pipeline", "train-on-gpu"}
+    assert "Crashed" in RunFolder(run_dir).guard_log.read_text()
+    _assert_killed_at_its_last_epoch(tracking_uri, run_dir, "killed")
     _wait_for(lambda: _group_is_empty(process.pid), 30, "end of the loader workers")

@@ -3,8 +3,14 @@ import pandas as pd
 import pytest
 
 from spine_model.core.catalog import RunFolder
-from spine_model.core.constants import LABEL_COLUMNS
-from spine_model.evaluation.metric import class_prior
+from spine_model.core.constants import CONDITIONS, LABEL_COLUMNS
+from spine_model.evaluation import calibration
+from spine_model.evaluation.metric import (
+    class_prior,
+    competition_score,
+    solution_from_labels,
+    submission_from_probabilities,
+)
 from spine_model.evaluation.reports import classification_reports, evaluate_predictions, point_loss_and_accuracy
 
 
@@ -137,3 +143,40 @@ def test_an_interrupted_save_keeps_the_files_written_before(tmp_path, monkeypatc
     assert {key: path.read_bytes() for key, path in paths.items()} == before
     assert curves.read_bytes() == png
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp")]  # no temporary file left over
+
+
+def test_the_limit_and_the_share_of_the_attainable_gain_stand_beside_the_score():
+    labels = _labels(20, seed=3)
+    prior = class_prior(labels)
+    truth = {s: 0.6 * c + 0.4 / 3 for s, c in _cells(labels, 2.0).items()}  # what the data knows
+    model = {s: 0.5 * c + 0.5 * truth[s] for s, c in _cells(labels, 0.5).items()}  # halfway there
+    posteriors = submission_from_probabilities(truth)
+    evaluation = evaluate_predictions(model, labels, prior, posteriors=posteriors)
+    solution = solution_from_labels(labels)
+    assert evaluation.limit == pytest.approx(competition_score(solution, posteriors))
+    assert evaluation.limit < evaluation.score < evaluation.prior_score
+    share = (evaluation.prior_score - evaluation.score) / (evaluation.prior_score - evaluation.limit)
+    assert evaluation.share_of_attainable_gain == pytest.approx(share) and 0 < share < 1
+    metrics = evaluation.metrics()
+    assert metrics["val_limit"] == evaluation.limit and metrics["val_share_of_attainable_gain"] == pytest.approx(share)
+    assert "limit" in evaluation.describe() and f"{100 * share:.1f} %" in evaluation.describe()
+    assert "limit (true posteriors)" in evaluation.markdown()
+    # Real data knows no posteriors: nothing of the limit is shown or logged.
+    plain = evaluate_predictions(model, labels, prior)
+    assert plain.limit is None and "val_limit" not in plain.metrics() and "limit" not in plain.describe()
+
+
+def test_an_overconfident_model_shows_a_larger_calibration_error():
+    rng = np.random.default_rng(4)
+    probabilities = rng.dirichlet([1, 1, 1], size=20_000)
+    truthful = np.array([rng.choice(3, p=p) for p in probabilities])  # labels drawn from the predictions
+    calibrated = calibration.expected_calibration_error(calibration.reliability(probabilities, truthful))
+    sharpened = probabilities**3 / (probabilities**3).sum(axis=1, keepdims=True)  # the same, over-confident
+    overconfident = calibration.expected_calibration_error(calibration.reliability(sharpened, truthful))
+    assert calibrated < 0.02 < 0.05 < overconfident
+    labels = _labels(30, seed=5)
+    evaluation = evaluate_predictions(_cells(labels, 8.0), labels, class_prior(labels))
+    assert set(evaluation.calibration_error) == set(CONDITIONS) and set(evaluation.reliability) == set(CONDITIONS)
+    assert (
+        evaluation.metrics()["val_ece_spinal_canal_stenosis"] == evaluation.calibration_error["spinal_canal_stenosis"]
+    )
