@@ -173,14 +173,14 @@ def validate(
 def _with_model_options(model: type, positional: str):
     """Give a command one CLI option per field of a pydantic model (help = the field's description)."""
 
-    from flows.config import FORM_ORDER, section_of
+    from flows.config import form_order, section_of
 
     def decorate(func):
         parameters = []
-        for name in FORM_ORDER:  # the run form's order, one help panel per section
+        for name in form_order(model.form):  # the run form's order, one help panel per section
             field = model.model_fields[name]
             flag = "--" + name.replace("_", "-")
-            panel = {"rich_help_panel": section_of(name)}
+            panel = {"rich_help_panel": section_of(name, model.form)}
             if name == positional:  # required, but for `--resume RUN_DIR` (checked by the command)
                 default = typer.Argument(None, help=field.description, show_default=False)
             elif field.annotation is bool:
@@ -205,13 +205,44 @@ def _train_command(**options) -> None:
     --epochs 4 --no-pretrained` for a quick CPU run on synthetic data. `spine train --resume
     RUN_DIR` goes on with an interrupted run from its last saved epoch.
     """
-    from pydantic import ValidationError
-
     from flows.train import train_pipeline
     from spine_model.core.catalog import RunFolder
+
+    result, config = _run_flow(train_pipeline, PipelineConfig, options, "spine train --resume RUN_DIR")
+    run_dir = Path(str(result["run_dir"]))
+    console.print()
+    typer.echo(RunFolder(run_dir).evaluation_files()["summary"].read_text())
+    _print_where_to_look(run_dir, str(result["mlflow_run_id"]), config.tracking_uri)
+
+
+def _cv_command(**options) -> None:
+    """Cross-validate a configuration with the Prefect flow `cross-validate`: K folds by study, each
+    trained as `spine train` trains, scored out of fold, calibrated, served as one ensemble.
+
+    `--dispatch work-pool` runs the folds as concurrent flow runs of the gpu pool (as many at once
+    as the pool's concurrency limit allows); `spine cv --resume CV_DIR` goes on with an interrupted
+    cross-validation, keeping the folds that finished.
+    """
+    from flows.config import CVConfig
+    from flows.cv import cross_validate
+    from spine_model.core.catalog import CVFolder
+
+    result, config = _run_flow(cross_validate, CVConfig, options, "spine cv --resume CV_DIR")
+    cv_dir = Path(str(result["run_dir"]))
+    console.print()
+    typer.echo(CVFolder(cv_dir).summary_files()["summary"].read_text())
+    _print_where_to_look(cv_dir, str(result["mlflow_run_id"]), config.tracking_uri)
+
+
+def _run_flow(flow, config_type: type, options: dict, resume_hint: str):
+    """Build the flow's config from the command's options and run the flow in this process, turning the
+    errors a person can fix into one line and a stop into its resume line; (result, config)."""
+    from pydantic import ValidationError
+
     from spine_model.data.ingest import DataError
     from spine_model.families.backbones import PretrainedWeightsUnavailable
     from spine_model.pipeline.preflight import SetupError
+    from spine_model.pipeline.run import PipelineRun
     from spine_model.training.loop import TrainingDiverged
 
     if options["data_dir"] is None and not options.get("resume"):
@@ -221,27 +252,21 @@ def _train_command(**options) -> None:
     else:
         options["data_dir"] = str(options["data_dir"])
     try:
-        config = PipelineConfig(**options)
+        config = config_type(**options)
     except ValidationError as error:
         raise _fail("; ".join(e["msg"] for e in error.errors())) from None
     if config.resume:
-        from spine_model.pipeline.run import PipelineRun
-
         try:  # before any Prefect flow run starts: a clear line, not a failed run
-            PipelineRun.load(config.resume, PipelineConfig)
-        except ValueError as error:
-            raise _fail(str(error)) from None
+            PipelineRun.load(config.resume, config_type)
+        except (ValueError, ValidationError) as error:
+            raise _fail(str(error).splitlines()[0]) from None
     try:
         with _stoppable():
-            result = train_pipeline(config)
+            return flow(config), config
     except (DataError, SetupError, PretrainedWeightsUnavailable, FileNotFoundError, TrainingDiverged) as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt as stop:
-        raise _stopped(stop, "spine train --resume RUN_DIR (the run folder the log names)") from None
-    run_dir = Path(str(result["run_dir"]))
-    console.print()
-    typer.echo(RunFolder(run_dir).evaluation_files()["summary"].read_text())
-    _print_where_to_look(run_dir, str(result["mlflow_run_id"]), config.tracking_uri)
+        raise _stopped(stop, f"{resume_hint} (the folder the log names)") from None
 
 
 def _print_where_to_look(run_dir: Path, run_id: str, tracking_uri: str | None) -> None:
@@ -261,6 +286,15 @@ def _print_where_to_look(run_dir: Path, run_id: str, tracking_uri: str | None) -
 
 
 app.command(name="train")(_with_model_options(PipelineConfig, "data_dir")(_train_command))
+
+
+def _register_cv() -> None:
+    from flows.config import CVConfig
+
+    app.command(name="cv")(_with_model_options(CVConfig, "data_dir")(_cv_command))
+
+
+_register_cv()
 
 
 @app.command()
@@ -375,6 +409,28 @@ def predict(
         console.print(describe_scores(result["scores"]))
 
 
+@app.command(name="ensemble")
+def ensemble_command(
+    cv_dirs: Annotated[list[Path], typer.Argument(help="cross-validation folders written by `spine cv`")],
+    run_name: Annotated[str | None, typer.Option(help="name of the ensemble's folder and MLflow run")] = None,
+    compare_after: Annotated[
+        bool, typer.Option("--compare/--no-compare", help="rank the experiment's runs and update the registry after")
+    ] = True,
+) -> None:
+    """Serve the fold models of several cross-validations (other configurations, same data) as one
+    model: probabilities averaged, scored out of fold beside the prior, calibrated, registered."""
+    from flows.ensemble import ensemble
+    from spine_model.core.catalog import CVFolder
+
+    try:
+        with _stoppable():
+            result = ensemble([str(d) for d in cv_dirs], run_name, compare_after=compare_after)
+    except (ValueError, FileNotFoundError) as error:
+        raise _fail(str(error).splitlines()[0]) from None
+    typer.echo(CVFolder(result["run_dir"]).summary_files()["summary"].read_text())
+    _print_where_to_look(Path(str(result["run_dir"])), str(result["mlflow_run_id"]), None)
+
+
 @app.command()
 def worker(
     pool: Annotated[str, typer.Option(help="work pool to take flow runs from (e.g. gpu, cpu)")],
@@ -408,6 +464,9 @@ def stack(
     prefect_port: Annotated[int, typer.Option(help="Prefect server port on 127.0.0.1")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port on 127.0.0.1")] = 5000,
     workers: Annotated[bool, typer.Option("--workers/--no-workers", help="start cpu and gpu process workers")] = True,
+    gpu_slots: Annotated[
+        int, typer.Option(min=1, help="flow runs of the gpu pool at once (its concurrency limit): one per GPU")
+    ] = 2,
     project_dir: Annotated[
         Path | None,
         typer.Option(
@@ -454,7 +513,9 @@ def stack(
             "prefect_database_url": database.url("prefect", "asyncpg"),
             "mlflow_backend_uri": database.url("mlflow", "psycopg2"),
         }
-    local = LocalStack(state_dir, project, prefect_port=prefect_port, mlflow_port=mlflow_port, **backends)
+    local = LocalStack(
+        state_dir, project, prefect_port=prefect_port, mlflow_port=mlflow_port, gpu_slots=gpu_slots, **backends
+    )
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the `finally` below
     try:
         console.print("starting Prefect and MLflow servers ...")

@@ -6,7 +6,7 @@ Kept free of Prefect imports so that `spine --help` stays fast.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -56,14 +56,18 @@ EMPTY_MEANS_NONE = {
 }  # fmt: skip
 
 
+def form_order(form=FORM) -> tuple[str, ...]:
+    return tuple(name for _, fields in form for name in fields)
+
+
 def _form_schema(schema: dict, model: type) -> None:
-    """The JSON schema Prefect renders as the run form: fields in FORM order with their section and
-    title, a `position` each, no str/None switch (an empty value or 0 stands for "the default",
-    said in the title), and no item-count hint under the class weights."""
+    """The JSON schema Prefect renders as the run form: fields in the model's form order with their
+    section and title, a `position` each, no str/None switch (an empty value or 0 stands for "the
+    default", said in the title), and no item-count hint under the class weights."""
     properties = schema["properties"]
-    sections = {name: section for section, fields in FORM for name in fields}
+    sections = {name: section for section, fields in model.form for name in fields}
     ordered = {}
-    for position, name in enumerate(name for name in FORM_ORDER if name not in CLI_ONLY):
+    for position, name in enumerate(name for name in form_order(model.form) if name not in CLI_ONLY):
         field = properties[name]
         if "anyOf" in field:  # Optional[X]: shown as X, its empty value meaning None
             field.update(next(option for option in field.pop("anyOf") if option.get("type") != "null"))
@@ -78,8 +82,8 @@ def _form_schema(schema: dict, model: type) -> None:
     schema.pop("additionalProperties", None)
 
 
-def section_of(name: str) -> str:
-    return next(section for section, fields in FORM if name in fields)
+def section_of(name: str, form=FORM) -> str:
+    return next(section for section, fields in form if name in fields)
 
 
 def settings_markdown() -> str:
@@ -98,6 +102,7 @@ class PipelineConfig(TrainConfig):
     """Everything one pipeline run takes: the training settings plus data, outputs and dispatch."""
 
     model_config = ConfigDict(**TrainConfig.model_config, json_schema_extra=_form_schema)
+    form: ClassVar = FORM  # the run form's sections, in the order a person fills them
 
     data_dir: str = Field(str(DEMO_DATA), title="data folder (Kaggle layout)", description="Kaggle-layout data folder")
     workdir: str = Field(str(DEFAULT_WORKDIR), title="outputs folder", description="folder for caches and run folders")
@@ -234,3 +239,19 @@ class TrainRequest(BaseModel):
     mlflow_run_id: str
     tracking_uri: str
     resume: bool = False  # go on from the run folder's last saved epoch
+
+
+# `cross-validate`'s form: the pipeline's, with the folds after the data.
+CV_FORM = (FORM[0], ("Cross-validation", ("folds",)), *FORM[1:])
+
+
+class CVConfig(PipelineConfig):
+    """A cross-validation: the pipeline's settings, trained once per fold."""
+
+    form: ClassVar = CV_FORM
+
+    folds: int = Field(
+        5, ge=2, le=20, title="folds",
+        description="folds by study, stratified on the studies' severity profiles (split_seed); each trains "
+        "as `spine train` does, validated on its own studies; val_fraction is not used",
+    )  # fmt: skip

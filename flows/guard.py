@@ -38,13 +38,13 @@ def mark_stopped(run_id: str, run_dir: str | Path, tracking_uri: str, how: str) 
     how it was stopped and the command that resumes it; returns a line saying so. An unreachable
     tracking server is skipped after a few seconds (the line says so), never waited on."""
     from spine_model import tracking
-    from spine_model.core.catalog import RunFolder, RunRecord, resume_folder
+    from spine_model.core.catalog import RunFolder, RunRecord, resume_command
     from spine_model.training.checkpoints import saved_epoch
 
     folder = RunFolder(run_dir)
     epoch = saved_epoch(folder.checkpoints)
     epochs = RunRecord.load(folder.root).config.epochs if folder.record.is_file() else "?"
-    command = f"spine train --resume {resume_folder(folder.root)}"
+    command = resume_command(folder.root)
     kept = f"checkpoints of epoch {epoch} kept in {folder.checkpoints}" if epoch else "no epoch finished"
     line = f"{folder.root} stopped ({how}) after epoch {epoch} of {epochs}: {kept}; resume with: {command}"
     if not tracking.answers(tracking_uri):

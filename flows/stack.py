@@ -35,7 +35,9 @@ def resolve_project_dir(option: str | Path | None = None, cwd: str | Path | None
 
 
 # The deployments of prefect.yaml for process work pools (the others are for Docker and Kubernetes pools).
-PROCESS_DEPLOYMENTS = ("spine-pipeline", "spine-train-gpu", "spine-localiser-gpu", "compare-models", "predict")
+PROCESS_DEPLOYMENTS = (
+    "spine-pipeline", "spine-train-gpu", "spine-localiser-gpu", "cross-validate", "compare-models", "predict",
+)  # fmt: skip
 HOST = "127.0.0.1"  # loopback only: nothing here is meant to face a network
 
 
@@ -73,6 +75,7 @@ class LocalStack:
         worker_poll_s: float = 5.0,
         prefect_database_url: str | None = None,
         mlflow_backend_uri: str | None = None,
+        gpu_slots: int = 2,
     ) -> None:
         """Backend stores: sqlite files in `state_dir` by default, or the given database URLs
         (PostgreSQL: see flows.postgres), handed to the servers in their environment only."""
@@ -82,6 +85,7 @@ class LocalStack:
         self.project_dir = Path(project_dir).resolve()
         self.prefect_port, self.mlflow_port = prefect_port, mlflow_port
         self.worker_poll_s = worker_poll_s
+        self.gpu_slots = gpu_slots
         self.processes: list[tuple[str, subprocess.Popen]] = []
         self.bin_dir = Path(sys.executable).parent
 
@@ -165,6 +169,8 @@ class LocalStack:
         """Process work pools and the deployments of prefect.yaml for them."""
         for pool in pools:
             self._run(["prefect", "work-pool", "create", pool, "--type", "process", "--overwrite"])
+        if "gpu" in pools:  # flow runs of the gpu pool at once (folds, classifier and localiser): one per GPU
+            self._run(["prefect", "work-pool", "set-concurrency-limit", "gpu", str(self.gpu_slots)])
         self._run(["prefect", "--no-prompt", "deploy", *(f"--name={name}" for name in PROCESS_DEPLOYMENTS)])
 
     def start_workers(self, pools: Sequence[str] = ("cpu", "gpu")) -> None:

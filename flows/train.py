@@ -26,12 +26,12 @@ from flows.dispatch import Job, run_on_pool
 from flows.guard import Guard, guarding, mark_stopped
 from spine_model import tracking
 from spine_model.core import interrupts
-from spine_model.core.catalog import RunFolder, Workspace, resume_folder
+from spine_model.core.catalog import RunFolder, Workspace, resume_command, resume_folder
 from spine_model.core.interrupts import is_interrupt
 from spine_model.evaluation.compare import MODEL_SUMMARY
 from spine_model.families import get_family
 from spine_model.pipeline.evaluate import read_metrics
-from spine_model.pipeline.publish import read_model_uris
+from spine_model.pipeline.publish import read_model_uris, study_assignment
 from spine_model.pipeline.run import PipelineRun, RunInputs
 from spine_model.tracking.registry import LOCALISER_TAG
 from tasks.data import ingest, preflight_task, prepare_run_task, read_tables_task, validate_task, volume_store
@@ -39,6 +39,7 @@ from tasks.registry import fetch_localiser_task, localiser_version_task, registe
 from tasks.reporting import publish_summary_task
 from tasks.tracking import (
     end_run_task,
+    log_lineage_task,
     log_metrics_task,
     log_params_task,
     log_results_task,
@@ -156,6 +157,7 @@ def _prepare_and_train(pipeline: PipelineRun, guard: Guard) -> None:
     family_defaults = ", ".join(config.family_defaults) or "none"
     params = {**config.model_dump(), **prepared.facts, "localiser_mode": mode, "family_defaults": family_defaults}
     log_params_task(run_id, params, tracking_uri)
+    log_lineage_task(run_id, config.data_dir, tables[0], *study_assignment(split=prepared.record.split), tracking_uri)
 
     if mode == "reuse":  # before any training: a missing localiser fails the run at once
         pipeline.localiser_checkpoint, localiser_model = fetch_localiser_task(
@@ -208,7 +210,7 @@ def _record_end(pipeline: PipelineRun, error: BaseException) -> None:
     if is_interrupt(error):
         for run_id, run_dir in pipeline.mlflow_runs():
             get_run_logger().warning("%s", mark_stopped(run_id, run_dir, pipeline.tracking_uri, _how(error)))
-        interrupts.note_resume(f"spine train --resume {pipeline.run_dir}")
+        interrupts.note_resume(resume_command(pipeline.run_dir))
         return
     for run_id, _ in pipeline.mlflow_runs():
         if tracking.run_status(run_id, pipeline.tracking_uri) != "KILLED":

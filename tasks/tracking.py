@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from spine_model import tracking
-from spine_model.pipeline.publish import log_run_outputs, log_serving_model
+from spine_model.pipeline.publish import log_lineage, log_run_outputs, log_serving_model
 from spine_model.pipeline.run import RunInputs
 
 RETRIES = {"retries": 3, "retry_delay_seconds": 5}
@@ -41,11 +43,29 @@ def log_results_task(run_id: str, run: RunInputs, tracking_uri: str) -> dict[str
 
 
 @task(name="log-serving-model", cache_policy=NO_CACHE, **RETRIES)
-def log_serving_task(run_id: str, run: RunInputs, localiser_checkpoint: str | None, tracking_uri: str) -> str:
-    """The serving pyfunc of the classifier run, carrying the localiser when there is one; returns its URI."""
-    return log_serving_model(run_id, run, localiser_checkpoint, tracking_uri)
+def log_serving_task(
+    run_id: str,
+    run: RunInputs,
+    localiser_checkpoint: str | None,
+    tracking_uri: str,
+    ensemble: list[str] | None = None,
+    temperatures: dict[str, float] | None = None,
+    record_in: str | None = None,
+) -> str:
+    """The serving pyfunc of the classifier run (or of an ensemble), carrying the localiser when there
+    is one and its calibration; returns its URI."""
+    members = [Path(path) for path in ensemble] if ensemble else None
+    return log_serving_model(run_id, run, localiser_checkpoint, tracking_uri, members, temperatures, record_in)
 
 
 @task(name="end-mlflow-run", **RETRIES)
 def end_run_task(run_id: str, status: str, tracking_uri: str) -> None:
     tracking.end_run(run_id, status, tracking_uri)
+
+
+@task(name="log-lineage", cache_policy=NO_CACHE, **RETRIES)
+def log_lineage_task(
+    run_id: str, data_dir: str, table: pd.DataFrame, assignment: pd.DataFrame, digest: str, tracking_uri: str
+) -> None:
+    """The run's data and evaluation studies as MLflow dataset inputs."""
+    log_lineage(run_id, data_dir, table, assignment, digest, tracking_uri)

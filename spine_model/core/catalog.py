@@ -47,6 +47,39 @@ class CheckpointFiles(NamedTuple):
     state: Path
 
 
+class CVFolder:
+    """The files of one cross-validation: a run folder per fold (`fold-K/`), one localiser, the fold
+    assignment, and what the folds give together (out-of-fold predictions, their calibration)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    name = property(lambda self: self.root.name)
+    folds = property(lambda self: self.root / "folds.json")  # study -> fold, and its fingerprint
+    localiser = property(lambda self: RunFolder(self.root / "localiser"))  # one for all folds
+    pipeline_state = property(lambda self: self.root / "pipeline.json")  # what `spine cv --resume` reads
+    guard_log = property(lambda self: self.root / "guard.log")
+    out_of_fold = property(lambda self: self.root / "out_of_fold")
+
+    def fold(self, k: int) -> RunFolder:
+        return RunFolder(self.root / f"fold-{k}")
+
+    def summary_files(self) -> dict[str, Path]:
+        """What the summary of the folds writes, by role."""
+        out = self.out_of_fold
+        return {
+            "summary": out / "summary.txt", "summary_markdown": out / "summary.md", "metrics": out / "metrics.json",
+            "fold_table": out / "folds.csv", "predictions": out / "oof_submission.csv",
+            "calibrated_predictions": out / "oof_submission_calibrated.csv", "calibration": out / "calibration.json",
+            "reliability_png": out / "reliability_before.png",
+            "reliability_calibrated_png": out / "reliability_after.png",
+        }  # fmt: skip
+
+
+def is_cv_folder(folder: str | Path) -> bool:
+    return CVFolder(folder).folds.is_file()
+
+
 def checkpoint_files(checkpoint_dir: str | Path) -> CheckpointFiles:
     folder = Path(checkpoint_dir)
     return CheckpointFiles(folder / "best.pt", folder / "last.pt", folder / "state.pt")
@@ -154,6 +187,8 @@ class RunFolder:
             "submission": out / "val_submission.csv",
             "confusion_png": out / "confusion_matrix.png",
             "reliability_png": out / "reliability.png",
+            "calibration": out / "calibration.json",  # temperatures fitted on the validation studies
+            "calibrated_submission": out / "val_submission_calibrated.csv",
         }
 
     def localiser_evaluation_files(self) -> dict[str, Path]:
@@ -181,6 +216,9 @@ class Workspace:
 
     def run(self, run_name: str) -> RunFolder:
         return RunFolder(self.root / "runs" / run_name)
+
+    def cross_validation(self, run_name: str) -> CVFolder:
+        return CVFolder(self.root / "runs" / run_name)
 
 
 @dataclass
@@ -221,10 +259,17 @@ class RunRecord:
         )  # fmt: skip
 
 
+def resume_command(run_dir: str | Path) -> str:
+    """The command that goes on with a stopped run: `spine cv --resume` for a cross-validation (or
+    a fold of one), `spine train --resume` otherwise."""
+    folder = resume_folder(run_dir)
+    return f"spine {'cv' if is_cv_folder(folder) else 'train'} --resume {folder}"
+
+
 def resume_folder(run_dir: str | Path) -> Path:
     """The run folder `spine train --resume` takes for a run folder: itself, or for a localiser's
     folder inside a pipeline run (which has no pipeline.json of its own), the pipeline's."""
     folder = Path(run_dir).resolve()
     if not RunFolder(folder).pipeline_state.is_file() and RunFolder(folder.parent).pipeline_state.is_file():
-        return folder.parent
+        return folder.parent  # a localiser's folder in a pipeline run, or a fold of a cross-validation
     return folder

@@ -10,6 +10,7 @@ dropped.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -19,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from spine_model.core.catalog import image_file, images_root
-from spine_model.core.files import atomic_write
 from spine_model.core.constants import (
     CONDITION_FROM_TITLE,
     COORDINATES_CSV,
@@ -32,6 +32,7 @@ from spine_model.core.constants import (
     images_dir,
     series_descriptions_csv,
 )
+from spine_model.core.files import atomic_write, file_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -281,3 +282,11 @@ def find_series_files(data_dir: str | Path, split: str, series: pd.DataFrame) ->
             rows.append((study_id, series_id, int(path.stem), str(path), description))
     files = pd.DataFrame(rows, columns=["study_id", "series_id", "instance_number", "image_path", "series_description"])
     return SeriesFiles(files, odd_names, empty, root)
+
+
+def data_fingerprint(data_dir: str | Path) -> str:
+    """A digest of a data folder's CSVs (labels, coordinates, series descriptions): what a run's
+    lineage records, so that runs on the same data say so (the images are not read for it)."""
+    names = (TRAIN_CSV, COORDINATES_CSV, series_descriptions_csv("train"))
+    parts = "\n".join(file_fingerprint(Path(data_dir) / name) for name in names)
+    return hashlib.sha256(parts.encode()).hexdigest()[:32]

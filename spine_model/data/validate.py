@@ -17,11 +17,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from spine_model.core.constants import CONDITION_SERIES, LABEL_COLUMNS, LEVELS, MISSING_LABEL
-from spine_model.data.dicom import DECODER_HINT, decoder_problem, transfer_syntax
-from spine_model.data.ingest import DataError, check_data_dir, find_series_files, load_coordinates, load_labels, load_series_descriptions
 from spine_model.core.catalog import image_file
+from spine_model.core.constants import CONDITION_SERIES, LABEL_COLUMNS, LEVELS, MISSING_LABEL
 from spine_model.core.parallel import parallel_map
+from spine_model.data.dicom import DECODER_HINT, decoder_problem, transfer_syntax
+from spine_model.data.ingest import (
+    DataError,
+    check_data_dir,
+    find_series_files,
+    load_coordinates,
+    load_labels,
+    load_series_descriptions,
+)
 
 ERROR, WARNING = "error", "warning"
 EXAMPLES = 3

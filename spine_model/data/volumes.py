@@ -320,7 +320,14 @@ def _build_volume_store(data_dir, split, series, root, size, workers, progress) 
             raise ValueError(f"{root} holds {manifest['size']} px volumes, not {size} px: one store per size")
     series = series[[*SERIES_KEY, "series_description"]].drop_duplicates(SERIES_KEY)
     jobs = [
-        (int(study), int(series_id), description, str(series_folder(data_dir, split, study, series_id)), str(root), size)
+        (
+            int(study),
+            int(series_id),
+            description,
+            str(series_folder(data_dir, split, study, series_id)),
+            str(root),
+            size,
+        )
         for study, series_id, description in series.itertuples(index=False)
     ]
     report = StoreReport(str(root), size)

@@ -78,12 +78,23 @@ def with_temperatures(submission: pd.DataFrame, temperatures: dict[str, float]) 
     return scaled
 
 
+def scale_cells(cells: dict[int, np.ndarray], temperatures: dict[str, float]) -> dict[int, np.ndarray]:
+    """`with_temperatures` for per-study probabilities (5 conditions, 5 levels, 3)."""
+    exponent = np.array([1.0 / temperatures.get(metric_group(condition), 1.0) for condition in CONDITIONS])
+    scaled = {}
+    for study_id, probabilities in cells.items():
+        values = np.exp(np.log(np.asarray(probabilities, dtype=np.float64).clip(min=1e-12)) * exponent[:, None, None])
+        scaled[study_id] = values / values.sum(axis=-1, keepdims=True)
+    return scaled
+
+
 def fit_temperatures(solution: pd.DataFrame, submission: pd.DataFrame) -> dict[str, float]:
     """The temperature per metric group that minimises the competition score of `submission` on
     `solution` (one group at a time, the others kept; the any_severe_spinal term moves with spinal).
     Fitted on held-out predictions (out-of-fold, or validation: then the score it gives is optimistic)."""
     from scipy.optimize import minimize_scalar
 
+    solution = solution[solution["row_id"].isin(submission["row_id"])]  # the studies predicted
     temperatures = {group: 1.0 for group in METRIC_GROUPS}
     for group in METRIC_GROUPS:
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,6 +122,20 @@ class Evaluation:
     # Synthetic data that knows each cell's true P(label | grade): its score, the best attainable.
     limit: float | None = None
     limit_condition_log_loss: dict[str, float] = field(default_factory=dict)
+    # A temperature per condition group fitted on these same predictions (`calibrated`), and the
+    # score it gives them: optimistic, since fitted and scored on the same studies.
+    temperatures: dict[str, float] = field(default_factory=dict)
+    calibrated_score: float | None = None
+    calibrated_submission: pd.DataFrame | None = field(default=None, repr=False)
+
+    def calibrated(self, solution: pd.DataFrame) -> Evaluation:
+        """This evaluation with temperatures fitted on its own predictions (see `temperatures`)."""
+        temperatures = calibration.fit_temperatures(solution, self.submission)
+        scaled = calibration.with_temperatures(self.submission, temperatures)
+        score = competition_score(solution, scaled)
+        return dataclasses.replace(
+            self, temperatures=temperatures, calibrated_score=score, calibrated_submission=scaled
+        )
 
     @property
     def share_of_attainable_gain(self) -> float | None:
@@ -145,6 +161,9 @@ class Evaluation:
             flat[f"val_prior_log_loss_{condition}"] = self.prior_condition_log_loss.get(condition, float("nan"))
         for condition, value in self.calibration_error.items():
             flat[f"val_ece_{condition}"] = value
+        if self.calibrated_score is not None:
+            flat["val_calibrated_competition_score"] = self.calibrated_score
+            flat.update({f"temperature_{group}": t for group, t in self.temperatures.items()})
         if self.limit is not None:
             flat["val_limit"] = self.limit
             flat["val_share_of_attainable_gain"] = self.share_of_attainable_gain
@@ -169,9 +188,16 @@ class Evaluation:
                 f"  limit {self.limit:.4f} (the data's true posteriors: the best attainable)   "
                 f"share of the attainable gain {100 * self.share_of_attainable_gain:.1f} %"
             )
+        if self.calibrated_score is not None:
+            temperatures = ", ".join(f"{g} {t:.2f}" for g, t in self.temperatures.items())
+            lines.append(
+                f"  calibrated {self.calibrated_score:.4f} with temperatures {temperatures}, fitted on these same "
+                "studies (optimistic; `spine cv` measures it out of fold)"
+            )
         limit_column = f"{'limit':>8}" if self.limit is not None else ""
+        loss = "" if math.isnan(self.loss) else f"loss {self.loss:.4f} (per point)   "
         lines += [
-            f"  loss {self.loss:.4f} (per point)   accuracy {self.accuracy:.4f} (labelled cells of the studies)",
+            f"  {loss}accuracy {self.accuracy:.4f} (labelled cells of the studies)",
             "",
             f"  {'condition':<34}{'log loss':>9}{'prior':>8}{limit_column}{'ECE':>7}  "
             f"{'F1 N/M':>7}{'F1 Mod':>7}{'F1 Sev':>7}{'n':>7}",

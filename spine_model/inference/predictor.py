@@ -12,7 +12,7 @@ for the frame's series.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from spine_model.data.volumes import (
     describe_unplaced,
     locate_points,
 )
+from spine_model.evaluation import calibration
 from spine_model.evaluation.metric import submission_from_probabilities
 from spine_model.evaluation.reports import predict_outputs
 from spine_model.families import get_family
@@ -43,8 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Predictor:
-    """A trained model of any family plus what places points on studies without coordinates: a
-    localiser when there is one, and the coordinate prior for the cells it cannot place."""
+    """Trained models of any family (one, or an ensemble whose probabilities are averaged) plus what
+    places points on studies without coordinates: a localiser when there is one, and the coordinate
+    prior for the cells it cannot place; optionally a temperature per condition group (calibration)."""
 
     model: nn.Module
     config: TrainConfig
@@ -53,15 +55,29 @@ class Predictor:
     device: str = "auto"
     studies_per_chunk: int = 16  # decoded together when no store is given: bounds memory
     localiser: Localiser | None = None
+    members: list[tuple[nn.Module, TrainConfig]] = field(default_factory=list)  # the others of an ensemble
+    temperatures: dict[str, float] = field(default_factory=dict)  # metric group -> T (none: 1)
 
     @classmethod
     def load(
-        cls, checkpoint: str | Path, priors: str | Path, device: str = "auto", localiser: str | Path | None = None
+        cls,
+        checkpoint: str | Path | list[str | Path],
+        priors: str | Path,
+        device: str = "auto",
+        localiser: str | Path | None = None,
+        temperatures: dict[str, float] | None = None,
     ) -> Predictor:
-        model, config = load_checkpoint(checkpoint)
+        """One checkpoint, or several (an ensemble: the fold models of a cross-validation, ...)."""
+        paths = checkpoint if isinstance(checkpoint, list | tuple) else [checkpoint]
+        models = [load_checkpoint(path) for path in paths]
+        sizes = {config.store_size for _, config in models}
+        if len(sizes) > 1:
+            raise ValueError(f"an ensemble's models must read one volume store size, not {sorted(sizes)}")
         coordinate_prior, class_prior = load_priors(priors)
         found = Localiser.load(localiser, device) if localiser else None
-        return cls(model.eval(), config, coordinate_prior, class_prior, device, localiser=found)
+        (model, config), others = models[0], [(m.eval(), c) for m, c in models[1:]]
+        return cls(model.eval(), config, coordinate_prior, class_prior, device, localiser=found, members=others,
+                   temperatures=dict(temperatures or {}))  # fmt: skip
 
     def points(self, frame: pd.DataFrame, store: VolumeReader) -> pd.DataFrame:
         """The points the model sees: a study's given points; else, per cell, the localiser's point,
@@ -111,14 +127,20 @@ class Predictor:
 
     def predict_cells(self, frame: pd.DataFrame, store: VolumeReader) -> dict[int, np.ndarray]:
         """Per study of `frame` with a readable image, probabilities (5 conditions, 5 levels, 3)."""
-        family = get_family(self.config.model_family)
         points = self.points(frame, store)
         located, unplaced = locate_points(points, store.index, store.size)
         for line in describe_unplaced(unplaced):
             log.warning("not predicted from %s", line)
         if located.empty:
             return {}
-        loader = batches(family.dataset(located, store, self.config, train=False), self.config.batch_size)
-        outputs, _ = predict_outputs(self.model, loader, self.config, resolve_device(self.device), progress=False)
+        members = [(self.model, self.config), *self.members]
+        each = [self._member_cells(model, config, located, store) for model, config in members]
+        averaged = {study_id: np.mean([cells[study_id] for cells in each], axis=0) for study_id in each[0]}
+        return calibration.scale_cells(averaged, self.temperatures) if self.temperatures else averaged
+
+    def _member_cells(self, model, config: TrainConfig, located, store: VolumeReader) -> dict[int, np.ndarray]:
+        family = get_family(config.model_family)
+        loader = batches(family.dataset(located, store, config, train=False), config.batch_size)
+        outputs, _ = predict_outputs(model, loader, config, resolve_device(self.device), progress=False)
         cells = family.cell_probabilities(outputs, located, self.class_prior)
         return {study_id: probabilities.reshape(CELLS_SHAPE) for study_id, probabilities in cells.items()}

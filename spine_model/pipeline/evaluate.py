@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 
 from spine_model.core.catalog import RunFolder, RunRecord
+from spine_model.core.files import atomic_write_csv, atomic_write_text
 from spine_model.data.grades import read_posteriors
 from spine_model.evaluation.localiser import LocaliserEvaluation, evaluate_localiser, with_slice_index
+from spine_model.evaluation.metric import solution_from_labels
 from spine_model.evaluation.plots import plot_confusion_matrix, plot_localiser_examples, plot_reliability
 from spine_model.evaluation.reports import Evaluation, evaluate_model
 from spine_model.inference.localiser import Localiser
@@ -38,10 +40,15 @@ def evaluate_step(
     evaluation = evaluate_model(
         model, run.points, run.labels, run.record.split, run.store, config, class_prior, progress, posteriors
     )
+    solution = solution_from_labels(run.record.split.select(run.labels, "val"))
+    evaluation = evaluation.calibrated(solution)  # the served model applies these temperatures
     files = folder.evaluation_files()
     paths = evaluation.save(files)
     paths["confusion_png"] = plot_confusion_matrix(evaluation.confusion, files["confusion_png"])
     paths["reliability_png"] = plot_reliability(evaluation.reliability, files["reliability_png"])
+    payload = json.dumps({"temperatures": evaluation.temperatures, "fitted_on": "validation studies"}, indent=2)
+    paths["calibration"] = atomic_write_text(files["calibration"], payload)
+    paths["calibrated_submission"] = atomic_write_csv(files["calibrated_submission"], evaluation.calibrated_submission)
     return evaluation, paths
 
 

@@ -10,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from spine_model import tracking
-from spine_model.core.catalog import WEIGHTS_ARTIFACTS, RunFolder, image_file
+from spine_model.core.catalog import WEIGHTS_ARTIFACTS, CVFolder, RunFolder, image_file
 from spine_model.core.constants import SOLUTION_CSV, study_ids_of_rows
 from spine_model.core.files import atomic_write
+from spine_model.core.split import Folds, StudySplit
 from spine_model.data.grades import read_posteriors
+from spine_model.data.ingest import data_fingerprint
 from spine_model.data.volumes import SLICE_KEY
 from spine_model.evaluation import calibration
 from spine_model.evaluation.metric import score_against_prior
@@ -53,23 +55,36 @@ def log_run_outputs(run_id: str, run: RunInputs, tracking_uri: str | None = None
 
 
 def log_serving_model(
-    run_id: str, run: RunInputs, localiser_checkpoint: str | Path | None = None, tracking_uri: str | None = None
+    run_id: str,
+    run: RunInputs,
+    localiser_checkpoint: str | Path | None = None,
+    tracking_uri: str | None = None,
+    ensemble: list[Path] | None = None,
+    temperatures: dict[str, float] | None = None,
+    record_in: str | Path | None = None,
 ) -> str:
-    """Log the serving pyfunc of a classifier run (weights, priors and, when given, the localiser
-    that places its test-time points); its URI becomes a run tag and is returned."""
+    """Log the serving pyfunc of a classifier run (weights, priors, its calibration and, when given,
+    the localiser that places its test-time points); its URI becomes a run tag and is returned.
+
+    By default the run's own weights and the temperatures its evaluation fitted on its validation
+    studies; `ensemble` (checkpoints, e.g. the folds of a cross-validation) and `temperatures`
+    (fitted out of fold) say otherwise. `record_in`: the folder that notes the URI (the run's).
+    """
     from spine_model.serving.pyfunc import log_pyfunc_model  # imports mlflow: only when logging
 
     folder = run.folder
+    if temperatures is None:
+        calibration = folder.evaluation_files()["calibration"]
+        temperatures = json.loads(calibration.read_text())["temperatures"] if calibration.is_file() else {}
     examples = run.record.split.select(run.points, "val").head(2)
     with tracking.active_run(run_id, tracking_uri):
         uri = log_pyfunc_model(
-            run.weights, folder.priors, serving_example(examples, run.record.data_dir),
-            run.record.config.store_size, localiser_checkpoint,
+            ensemble or run.weights, folder.priors, serving_example(examples, run.record.data_dir),
+            run.record.config.store_size, localiser_checkpoint, temperatures=temperatures,
         )  # fmt: skip
-    tracking.set_tags(
-        run_id, {"serving_model_uri": uri, "localiser": "yes" if localiser_checkpoint else "no"}, tracking_uri
-    )
-    _record_model_uris(folder, {"serving_model_uri": uri})
+    tags = {"serving_model_uri": uri, "localiser": "yes" if localiser_checkpoint else "no"}
+    tracking.set_tags(run_id, {**tags, "ensemble_members": len(ensemble or [run.weights])}, tracking_uri)
+    _record_model_uris(RunFolder(record_in) if record_in else folder, {"serving_model_uri": uri})
     return uri
 
 
@@ -108,3 +123,40 @@ def score_step(data_dir: str | Path, submission_path: str | Path, class_prior) -
     picture = Path(submission_path).with_name(f"{Path(submission_path).stem}_reliability.png")
     plot_reliability(tables, picture, title=f"{Path(submission_path).name} against {SOLUTION_CSV}")
     return scores
+
+
+def log_lineage(
+    run_id: str,
+    data_dir: str | Path,
+    table: pd.DataFrame,
+    assignment: pd.DataFrame,
+    assignment_digest: str,
+    tracking_uri: str | None = None,
+) -> None:
+    """The run's data as MLflow dataset inputs: the ingested table (context `training`, digest: the data
+    folder's fingerprint) and the studies' split or folds (context `validation`, digest: its
+    fingerprint), so that MLflow shows which data and which evaluation studies stand behind a model."""
+    source = str(Path(data_dir).resolve())
+    name = Path(data_dir).resolve().name
+    tracking.log_dataset(run_id, table, name, source, data_fingerprint(data_dir), "training", tracking_uri)
+    tracking.log_dataset(run_id, assignment, f"{name}-studies", source, assignment_digest, "validation", tracking_uri)
+
+
+def study_assignment(split: StudySplit | None = None, folds: Folds | None = None) -> tuple[pd.DataFrame, str]:
+    """(study_id and its side or fold, the fingerprint) of a split or of folds, for `log_lineage`."""
+    if folds is not None:
+        frame = pd.DataFrame(sorted(folds.fold_of.items()), columns=["study_id", "fold"])
+        return frame, folds.fingerprint()
+    rows = [(s, "train") for s in split.train_study_ids] + [(s, "val") for s in split.val_study_ids]
+    return pd.DataFrame(rows, columns=["study_id", "side"]), split.val_fingerprint()
+
+
+def log_cv_outputs(run_id: str, cv_dir: str | Path, metrics: dict[str, float], tracking_uri: str | None = None) -> None:
+    """A cross-validation's parent run: the out-of-fold metrics and its files (predictions before and
+    after calibration, the fold table, the reliability diagrams, the summary)."""
+    files = CVFolder(cv_dir).summary_files()
+    tracking.log_metrics(run_id, metrics, tracking_uri=tracking_uri)
+    pictures = [path for key, path in files.items() if key.endswith("_png")]
+    tracking.log_artifacts(run_id, [p for p in files.values() if p not in pictures], "out_of_fold", tracking_uri)
+    tracking.log_artifacts(run_id, pictures, "plots", tracking_uri)
+    tracking.log_artifacts(run_id, [CVFolder(cv_dir).folds], "run", tracking_uri)

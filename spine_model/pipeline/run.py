@@ -4,10 +4,8 @@ keeps there so that `spine train --resume` can go on with it."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,10 +14,10 @@ from typing import Any
 import pandas as pd
 from pydantic import BaseModel
 
-from spine_model.core.catalog import RunFolder, RunRecord
+from spine_model.core.catalog import CVFolder, RunFolder, RunRecord
 from spine_model.core.config import TrainConfig
 from spine_model.core.files import atomic_write
-from spine_model.core.split import StudySplit, split_by_study
+from spine_model.core.split import Folds, StudySplit, assign_folds, split_by_study
 from spine_model.data.ingest import write_table
 from spine_model.data.volumes import (
     UNPLACED_NOT_STORED,
@@ -73,27 +71,105 @@ def prepare_run(
     `localiser_config`, the run folder's `localiser/` gets the same points, priors and split for
     training a localiser beside the classifier.
     """
-    folder = RunFolder(run_dir)
+    points, unplaced = locate_table(table, store)
+    split = split_by_study(points, config.val_fraction, config.split_seed)
+    prepared = write_run(RunFolder(run_dir), data_dir, ingested, points, labels, store, config, split)
+    if localiser_config is not None:
+        prepared.localiser = write_run(
+            prepared.folder.localiser, data_dir, ingested, points, labels, store, localiser_config, split
+        ).record
+    prepared.facts = run_facts(prepared, store, unplaced, ingested)
+    return prepared
+
+
+def locate_table(table: pd.DataFrame, store: StoreReport) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(points: the coordinate rows placed on stored slices, unplaced: those that were not, with why);
+    what is dropped is logged."""
     volumes = VolumeStore(store.root)
     points, unplaced = locate_points(table, volumes.index, volumes.size)
     for line in describe_unplaced(unplaced):
         log.warning("dropping %s", line)
-    split = split_by_study(points, config.val_fraction, config.split_seed)
+    return points, unplaced
+
+
+def write_run(
+    folder: RunFolder,
+    data_dir: str | Path,
+    ingested: IngestOutputs,
+    points: pd.DataFrame,
+    labels: pd.DataFrame,
+    store: StoreReport,
+    config: TrainConfig,
+    split: StudySplit,
+) -> PreparedRun:
+    """One run folder for a given split: its points, priors (of its training side) and record."""
     write_table(points, folder.points)
-    train_points = split.select(points, "train")
     prior = class_prior(split.select(labels, "train"))
-    save_priors(folder.priors, CoordinatePrior.fit(train_points), prior)
+    save_priors(folder.priors, CoordinatePrior.fit(split.select(points, "train")), prior)
     record = RunRecord(str(Path(data_dir).resolve()), ingested.labels_path, store.root, config, split)
     record.save(folder.root)
+    return PreparedRun(folder, record, {}, points, labels)
+
+
+def run_facts(prepared: PreparedRun, store: StoreReport, unplaced: pd.DataFrame, ingested: IngestOutputs) -> dict:
+    """The data facts of a prepared run and the few words on its model: its MLflow params."""
+    record = prepared.record
+    facts = data_facts(prepared.points, prepared.labels, record.split, store, unplaced, ingested.skipped)
+    facts[MODEL_SUMMARY] = get_family(record.config.model_family).describe(record.config)
+    return facts
+
+
+@dataclass
+class PreparedCV:
+    """A cross-validation's folders made ready: one run folder per fold, the localiser's, the folds."""
+
+    folder: CVFolder
+    folds: Folds
+    runs: list[PreparedRun]
+    localiser: PreparedRun | None
+    facts: dict[str, int | str]
+
+
+def prepare_cv(
+    data_dir: str | Path,
+    ingested: IngestOutputs,
+    table: pd.DataFrame,
+    labels: pd.DataFrame,
+    store: StoreReport,
+    config: TrainConfig,
+    cv_dir: str | Path,
+    k: int,
+    localiser_config: TrainConfig | None = None,
+) -> PreparedCV:
+    """K folds by study, stratified on the studies' severity profiles (config.split_seed), each a run
+    folder as `prepare_run` writes one; one localiser for all folds (trained on fold 0's split: it only
+    places test-time points, and the folds' scores use the labelled ones). The assignment and its
+    fingerprint go to folds.json."""
+    folder = CVFolder(cv_dir)
+    points, unplaced = locate_table(table, store)
+    folds = assign_folds(labels[labels["study_id"].isin(points["study_id"])], k, config.split_seed)
+    payload = json.dumps({**folds.to_dict(), "fingerprint": folds.fingerprint(), "k": k}, indent=2).encode()
+    atomic_write(folder.folds, lambda handle: handle.write(payload))
+    runs = [
+        write_run(folder.fold(fold), data_dir, ingested, points, labels, store, config, folds.split(fold))
+        for fold in range(k)
+    ]
     localiser = None
     if localiser_config is not None:
-        localiser = dataclasses.replace(record, config=localiser_config)
-        write_table(points, folder.localiser.points)
-        shutil.copyfile(folder.priors, folder.localiser.priors)
-        localiser.save(folder.localiser.root)
-    facts = data_facts(points, labels, split, store, unplaced, ingested.skipped)
-    facts[MODEL_SUMMARY] = get_family(config.model_family).describe(config)
-    return PreparedRun(folder, record, facts, points, labels, localiser)
+        localiser = write_run(
+            folder.localiser, data_dir, ingested, points, labels, store, localiser_config, folds.split(0)
+        )
+    facts = run_facts(runs[0], store, unplaced, ingested)
+    facts.pop("data_train_studies"), facts.pop("data_val_studies")
+    facts.update({VAL_FINGERPRINT: folds.fingerprint(), "cv_folds": k, "data_studies": len(folds.fold_of)})
+    return PreparedCV(folder, folds, runs, localiser, facts)
+
+
+def read_folds(cv_dir: str | Path) -> Folds:
+    path = CVFolder(cv_dir).folds
+    if not path.is_file():
+        raise ValueError(f"{cv_dir} is not a cross-validation folder: it has no {path.name}")
+    return Folds.from_dict(json.loads(path.read_text()))
 
 
 def data_facts(
@@ -181,6 +257,7 @@ class PipelineRun:
     mode: str  # localiser mode: train, reuse or off
     localiser_run_id: str | None = None
     localiser_checkpoint: str | None = None  # a reused localiser's weights
+    fold_run_ids: list[str] = field(default_factory=list)  # a cross-validation's nested runs, by fold
     result: dict | None = field(default=None, repr=False)  # the flow's result, once trained
 
     def save(self) -> None:
@@ -200,6 +277,7 @@ class PipelineRun:
 
     def mlflow_runs(self) -> list[tuple[str, str]]:
         """(MLflow run id, run folder) of the pipeline's runs: the localiser's first, when it has one."""
-        folder = RunFolder(self.run_dir)
-        runs = [(self.localiser_run_id, str(folder.localiser.root)), (self.run_id, self.run_dir)]
+        folder, cv = RunFolder(self.run_dir), CVFolder(self.run_dir)
+        folds = [(run_id, str(cv.fold(k).root)) for k, run_id in enumerate(self.fold_run_ids)]
+        runs = [(self.localiser_run_id, str(folder.localiser.root)), *folds, (self.run_id, self.run_dir)]
         return [(run_id, run_dir) for run_id, run_dir in runs if run_id is not None]

@@ -10,6 +10,8 @@ it the model decodes the frame's DICOM files itself, through the same code.
 
 from __future__ import annotations
 
+import json
+import tempfile
 from pathlib import Path
 
 import mlflow
@@ -50,7 +52,12 @@ class SpineModel(mlflow.pyfunc.PythonModel):
         from spine_model.inference.predictor import Predictor
 
         artifacts = context.artifacts
-        self.predictor = Predictor.load(artifacts["weights"], artifacts["priors"], localiser=artifacts.get("localiser"))
+        members = sorted((key for key in artifacts if key.startswith("weights")), key=lambda key: (len(key), key))
+        temperatures = json.loads(Path(artifacts["calibration"]).read_text()) if "calibration" in artifacts else {}
+        self.predictor = Predictor.load(
+            [artifacts[key] for key in members], artifacts["priors"], localiser=artifacts.get("localiser"),
+            temperatures=temperatures,
+        )  # fmt: skip
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from spine_model.data.volumes import VolumeStore
@@ -60,12 +67,13 @@ class SpineModel(mlflow.pyfunc.PythonModel):
 
 
 def log_pyfunc_model(
-    checkpoint: Path,
+    checkpoint: Path | list[Path],
     priors: Path,
     input_example: pd.DataFrame,
     store_size: int,
     localiser: Path | None = None,
     name: str = PYFUNC_NAME,
+    temperatures: dict[str, float] | None = None,
 ) -> str:
     """Log the serving model into the active MLflow run (the caller opens it); returns its URI.
 
@@ -73,22 +81,37 @@ def log_pyfunc_model(
     pinned requirements, not this repository; the model itself is that code (MLflow models-from-
     code, `model.py`), not a pickled object. With `localiser` (a localiser checkpoint), studies
     without given points get the localiser's points, the coordinate prior's where it finds none.
-    The model's metadata records the volume store size it reads (see `serving_store_size`).
+    The model's metadata records the volume store size it reads (see `serving_store_size`). Several
+    checkpoints make an ensemble (their probabilities averaged: the folds of `spine cv`), and
+    `temperatures` (per condition group) calibrate what it predicts.
     """
     requirements = pinned_requirements()
+    checkpoints = checkpoint if isinstance(checkpoint, list | tuple) else [checkpoint]
+    weights = {("weights" if i == 0 else f"weights_{i}"): str(path) for i, path in enumerate(checkpoints)}
+    calibration = {}
+    if temperatures:
+        path = Path(tempfile.mkdtemp(prefix="spine-calibration-")) / "calibration.json"
+        path.write_text(json.dumps(temperatures, indent=2))
+        calibration = {"calibration": str(path)}
     info = mlflow.pyfunc.log_model(
         name=name,
         python_model=str(Path(__file__).with_name("model.py")),  # models-from-code: no cloudpickle
         artifacts={
-            "weights": str(checkpoint),
+            **weights,
             "priors": str(priors),
             **({"localiser": str(localiser)} if localiser else {}),
+            **calibration,
         },
         signature=SIGNATURE,
         input_example=input_example,
         code_paths=[str(Path(__file__).resolve().parents[1])],
         pip_requirements=requirements,
-        metadata={STORE_SIZE: store_size, "localiser": localiser is not None},
+        metadata={
+            STORE_SIZE: store_size,
+            "localiser": localiser is not None,
+            "members": len(checkpoints),
+            "temperatures": dict(temperatures or {}),
+        },  # fmt: skip
     )
     return info.model_uri
 

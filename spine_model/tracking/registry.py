@@ -12,6 +12,7 @@ import pandas as pd
 from spine_model.core.catalog import CHAMPION_ALIAS, LOCALISER_NAME, MODEL_NAME, WEIGHTS_ARTIFACTS
 from spine_model.evaluation.compare import (
     METRICS,
+    MODEL_SUMMARY,
     SCORE,
     SETTINGS,
     VAL_FINGERPRINT,
@@ -44,7 +45,8 @@ def _record(run) -> dict:
 
 def finished_runs(experiment: str, tracking_uri: str | None = None, page_size: int = 1000) -> pd.DataFrame:
     """Every FINISHED run of the experiment with its scores, settings and serving model URI (read page
-    by page, so an experiment of any size is ranked whole)."""
+    by page, so an experiment of any size is ranked whole). Nested runs (a cross-validation's folds, a
+    localiser) are parts of their parent run, which is ranked instead."""
     mlflow_client = client(tracking_uri)
     found = mlflow_client.get_experiment_by_name(experiment)
     columns = ["run_id", "run_name", "start_time", "end_time", "experiment_id", *METRICS, *SETTINGS, VAL_FINGERPRINT]
@@ -55,7 +57,7 @@ def finished_runs(experiment: str, tracking_uri: str | None = None, page_size: i
         page = mlflow_client.search_runs(
             [found.experiment_id], "attributes.status = 'FINISHED'", max_results=page_size, page_token=token
         )
-        runs.extend(page)
+        runs.extend(run for run in page if "mlflow.parentRunId" not in run.data.tags)
         token = page.token
         if not token:
             break
@@ -75,8 +77,46 @@ def register_version(run_id: str, model_uri: str, name: str = MODEL_NAME, tracki
     carried = mlflow_client.get_run(run_id).data.tags.get(LOCALISER_TAG)
     if carried:  # the version names the localiser version its serving model carries
         tags[LOCALISER_TAG] = carried
+    run = mlflow_client.get_run(run_id)
     with whole_calls(tracking_uri):
-        return mlflow.register_model(model_uri, name, tags=tags).version
+        version = mlflow.register_model(model_uri, name, tags=tags).version
+    mlflow_client.update_model_version(name, version, description=model_card(run, name, version))
+    return version
+
+
+def model_card(run, name: str, version: str) -> str:
+    """A registered version's description (MLflow shows it on the version's page): what the model is,
+    what data and evaluation stand behind it, its calibration, and how to call it."""
+    params, metrics = run.data.params, run.data.metrics
+    folds = params.get("cv_folds")
+    if folds:
+        evaluated = f"{folds}-fold cross-validation (folds {params.get(VAL_FINGERPRINT, '?')}): out-of-fold score"
+        served = f"an ensemble of the {folds} fold models, probabilities averaged"
+    else:
+        evaluated = f"one validation split ({params.get('data_val_studies', '?')} studies): score"
+        served = "one model"
+    score, prior, limit = metrics.get("val_competition_score"), metrics.get("val_prior_score"), metrics.get("val_limit")
+    figures = f"{evaluated} **{score:.4f}** beside the prior baseline's {prior:.4f}" if score is not None else evaluated
+    if limit is not None:
+        figures += (
+            f" and the limit {limit:.4f} ({100 * metrics['val_share_of_attainable_gain']:.1f} % of the attainable gain)"
+        )
+    temperatures = {key.removeprefix("temperature_"): v for key, v in metrics.items() if key.startswith("temperature_")}
+    calibrated = ", ".join(f"{group} {t:.2f}" for group, t in sorted(temperatures.items())) or "none"
+    return "\n".join([
+        f"**{name} v{version}**: {params.get(MODEL_SUMMARY, params.get('model_family', '?'))}; {served}.",
+        "",
+        f"- Data: `{params.get('data_dir', '?')}`, {params.get('data_train_points', '?')} training points.",
+        f"- Evaluation: {figures} (competition metric, lower is better).",
+        f"- Calibration: temperature per condition group {calibrated}"
+        + (" (fitted out of fold)" if folds else " (fitted on the validation studies: its score is optimistic)"),
+        f"- Localiser: {run.data.tags.get(LOCALISER_TAG, 'none (the coordinate prior places test-time points)')}.",
+        f"- MLflow run `{run.info.run_id}`.",
+        "",
+        f"Call it: `spine predict DATA --model models:/{name}/{version}`, or `mlflow models serve -m "
+        f"models:/{name}/{version}` and POST image references (study_id, series_id, instance_number, "
+        "image_path, series_description) to /invocations: 25 rows per study come back.",
+    ])  # fmt: skip
 
 
 def alias_run_id(alias: str, name: str = MODEL_NAME, tracking_uri: str | None = None) -> str | None:

@@ -229,3 +229,18 @@ def answers(tracking_uri: str | None, timeout_s: float = 3.0) -> bool:
     Checked before a send that training waits on: MLflow's own client retries for minutes."""
     uri = resolve_tracking_uri(tracking_uri)
     return not uri.startswith(("http://", "https://")) or health_problem(uri.rstrip("/") + "/health", timeout_s) is None
+
+
+def log_dataset(
+    run_id: str, frame, name: str, source: str, digest: str, context: str, tracking_uri: str | None = None
+) -> None:
+    """The data a run used, as an MLflow dataset input (its lineage): `frame`'s schema and profile, a
+    name, where it came from (`source`), a `digest` that changes when the data does, and the role it
+    played (`context`: training, validation, ...)."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    dataset = mlflow.data.from_pandas(frame, source=source, name=name, digest=digest[:36])
+    entry = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)])
+    client(tracking_uri).log_inputs(run_id, datasets=[entry])

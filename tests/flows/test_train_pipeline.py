@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import uuid
@@ -70,9 +71,15 @@ def test_checkpoint_and_serving_model_reproduce_the_validation_predictions(local
     assert "python_model.pkl" not in str(serving.metadata.flavors["python_function"])
     from_pyfunc = serving.predict(frame)
     from_checkpoint = Predictor.load(folder.best_checkpoint, folder.priors, device="cpu").predict(frame, run.store)
-    for predicted in (from_pyfunc, from_checkpoint):
-        assert predicted["row_id"].tolist() == evaluated["row_id"].tolist()
-        np.testing.assert_allclose(predicted[list(SEVERITY_COLUMNS)], evaluated[list(SEVERITY_COLUMNS)], atol=1e-5)
+    # The served model applies the temperatures fitted on the validation studies; the checkpoint alone does not.
+    calibrated = pd.read_csv(folder.evaluation_files()["calibrated_submission"])
+    for predicted, expected in ((from_pyfunc, calibrated), (from_checkpoint, evaluated)):
+        assert predicted["row_id"].tolist() == expected["row_id"].tolist()
+        np.testing.assert_allclose(predicted[list(SEVERITY_COLUMNS)], expected[list(SEVERITY_COLUMNS)], atol=1e-5)
+    assert (
+        serving.metadata.metadata["temperatures"]
+        == json.loads(folder.evaluation_files()["calibration"].read_text())["temperatures"]
+    )
 
 
 def test_crops_train_a_localiser_beside_and_the_serving_model_carries_it(local_run, tiny_data, caplog):
