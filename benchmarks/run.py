@@ -229,6 +229,56 @@ def epoch_peak_rss(points_path: Path, store_root: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# --- f. ensemble prediction ---------------------------------------------------------------------
+
+ENSEMBLE_SIZES = (1, 5)  # one model, and a 5-fold cross-validation's ensemble
+
+
+def ensemble_prediction(data: Path, points_path: Path, store_root: Path, work: Path) -> dict:
+    """Seconds per study and peak RSS (MiB, a fresh process each) of predicting every study with 1 and
+    K crops models at their default size (128 px crops, resnet18), points given, pixels from the store."""
+    code = (
+        "import json, sys, time, pandas as pd\n"
+        "def peak():\n"
+        "    lines = open('/proc/self/status').read().splitlines()\n"
+        "    return next(int(line.split()[1]) for line in lines if line.startswith('VmHWM')) / 1024\n"
+        "from spine_model.data.volumes import VolumeStore\n"
+        "from spine_model.inference.frames import inference_frame\n"
+        "from spine_model.inference.predictor import Predictor\n"
+        "members, priors = sys.argv[4].split(','), sys.argv[3]\n"
+        "predictor = Predictor.load(members, priors, device='auto')\n"
+        "frame = inference_frame(sys.argv[1], 'train', use_coordinates=True)\n"
+        "store = VolumeStore(sys.argv[2])\n"
+        "started = time.perf_counter()\n"
+        "submission = predictor.predict(frame, store)\n"
+        "seconds = time.perf_counter() - started\n"
+        "studies = frame['study_id'].nunique()\n"
+        "print(json.dumps({'studies': studies, 'seconds_per_study': seconds / studies, 'peak_mib': peak()}))\n"
+    )
+    from spine_model.evaluation.metric import class_prior
+    from spine_model.families import get_family
+    from spine_model.inference.prior import CoordinatePrior, save_priors
+    from spine_model.training.checkpoints import save_checkpoint
+
+    points = pd.read_parquet(points_path)
+    priors = save_priors(work / "priors.json", CoordinatePrior.fit(points), class_prior(build_long_table(data).labels))
+    config = config_of("crops", store_size=VolumeStore(store_root).size)
+    checkpoints = []
+    for k in range(max(ENSEMBLE_SIZES)):
+        torch.manual_seed(k)
+        path = work / f"member-{k}.pt"
+        save_checkpoint(path, get_family("crops").create_model(config, pretrained=False), config, 1, 1.0)
+        checkpoints.append(str(path))
+    results = {}
+    for size in ENSEMBLE_SIZES:
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(data), str(store_root), str(priors), ",".join(checkpoints[:size])],
+            capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+        )  # fmt: skip
+        results[str(size)] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
 # --- e. orchestration ------------------------------------------------------------------------------
 
 
@@ -336,6 +386,12 @@ def report(results: dict) -> str:
         f"| e | orchestration: library calls vs the Prefect flow with MLflow, s | {e['library_s']:.0f} | "
         f"{e['flow_s']:.0f} | {100 * share:.1f} % overhead | <= 10 %: {'met' if share <= 0.10 else 'not met'} |"
     )
+    for size, figures in results.get("ensemble", {}).items():
+        rows.append(
+            f"| f | prediction, crops at its default size, {size} model(s), s per study / peak RSS MiB "
+            f"({results['device']}, {figures['studies']} studies) | | {figures['seconds_per_study']:.2f} s / "
+            f"{figures['peak_mib']:.0f} MiB | | |"
+        )
     f = results["projection"]
     unmet = not_met(results, ratio_c, share)
     lines = [
@@ -459,6 +515,8 @@ def main() -> None:
             "N": epoch_peak_rss(work / "points.parquet", work / "store"),
             "10N": epoch_peak_rss(work / "points10.parquet", work / "store10"),
         }  # fmt: skip
+        print("f. ensemble prediction ...", flush=True)
+        results["ensemble"] = ensemble_prediction(data, work / "points.parquet", work / "store", work)
         if not args.skip_orchestration:
             print("e. orchestration ...", flush=True)
             results["orchestration"] = orchestration(data, work / "orchestration")
