@@ -431,6 +431,64 @@ def ensemble_command(
     _print_where_to_look(Path(str(result["run_dir"])), str(result["mlflow_run_id"]), None)
 
 
+def _sweep_command(**options) -> None:
+    """Search settings with the Prefect flow `sweep`: each trial a `spine train` run (or, with
+    --folds, a cross-validation) nested in the sweep's MLflow run, compared there.
+
+    --space names a YAML file, one entry per setting: a list of choices, or {low, high, log}.
+    Optuna (TPE, --sweep-seed) picks the trials and prunes hopeless ones on their validation loss;
+    the study is kept in WORKDIR/sweeps.db (or --storage), so `spine sweep --resume NAME` goes on
+    with a stopped sweep without repeating a finished trial.
+    """
+    from flows.sweep import sweep
+    from spine_model.pipeline.sweep import SpaceError
+
+    knobs = {key: options.pop(key) for key in ("space", "trials", "folds", "parallel", "sweep_seed", "storage")}
+    name = options.pop("run_name", None)
+    resume = options.pop("resume", None)
+    if resume:
+        options["data_dir"] = options["data_dir"] or "."
+    elif knobs["space"] is None:
+        raise _fail("--space is missing: a YAML file of the settings to search (see `spine sweep --help`)")
+    try:
+        import yaml
+
+        space = {} if resume else yaml.safe_load(Path(knobs["space"]).read_text())
+        config, result = _run_flow(
+            lambda config: sweep(config, space, knobs["trials"], knobs["folds"], knobs["parallel"], name,
+                                 knobs["storage"], knobs["sweep_seed"], resume),
+            PipelineConfig, options, "spine sweep --resume NAME",
+        )[::-1]  # fmt: skip
+    except (SpaceError, FileNotFoundError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"[bold]sweep {result['name']}:[/] best {result['best_score']} with {result['best_params']}")
+    from spine_model import tracking
+
+    console.print(f"[bold]MLflow:[/] {tracking.run_link(result['mlflow_run_id'], config.tracking_uri)}")
+
+
+def _with_sweep_options(func):
+    """`spine train`'s options (the base configuration), then the sweep's own."""
+    import inspect as _inspect
+
+    signature = _inspect.signature(func)
+    extra = [
+        ("space", Path | None, typer.Option(None, help="YAML file of the settings to search", rich_help_panel="Sweep")),
+        ("trials", int, typer.Option(12, min=1, help="trials in all", rich_help_panel="Sweep")),
+        ("folds", int, typer.Option(0, min=0, help="0: judge on the validation split; K: out of fold, K folds",
+                                    rich_help_panel="Sweep")),
+        ("parallel", int, typer.Option(2, min=1, help="trials at once with --dispatch work-pool",
+                                       rich_help_panel="Sweep")),
+        ("sweep_seed", int, typer.Option(42, help="the sampler's seed", rich_help_panel="Sweep")),
+        ("storage", str | None, typer.Option(None, help="Optuna storage URL (default: WORKDIR/sweeps.db)",
+                                             rich_help_panel="Sweep")),
+    ]  # fmt: skip
+    parameters = list(signature.parameters.values())
+    parameters += [_inspect.Parameter(n, _inspect.Parameter.KEYWORD_ONLY, default=d, annotation=a) for n, a, d in extra]
+    func.__signature__ = signature.replace(parameters=sorted(parameters, key=lambda p: p.kind))
+    return func
+
+
 @app.command()
 def worker(
     pool: Annotated[str, typer.Option(help="work pool to take flow runs from (e.g. gpu, cpu)")],
@@ -541,6 +599,9 @@ def stack(
         local.stop()
         if database is not None:
             database.stop()
+
+
+app.command(name="sweep")(_with_sweep_options(_with_model_options(PipelineConfig, "data_dir")(_sweep_command)))
 
 
 def main() -> None:  # pragma: no cover

@@ -45,7 +45,7 @@ FORM: tuple[tuple[str, tuple[str, ...]], ...] = (
     )),
     ("Tracking", (
         "experiment", "tracking_uri", "model_name", "compare_after", "champion_margin", "workdir", "resume",
-        "run_name",
+        "parent_run_id", "run_name",
     )),
 )  # fmt: skip
 FORM_ORDER = tuple(name for _, fields in FORM for name in fields)
@@ -53,6 +53,7 @@ FORM_ORDER = tuple(name for _, fields in FORM for name in fields)
 CLI_ONLY = ("run_name",)
 EMPTY_MEANS_NONE = {
     "run_name": "", "tracking_uri": "", "resume": "", "preprocess_workers": 0, "lr": 0, "batch_size": 0,
+    "parent_run_id": "",
 }  # fmt: skip
 
 
@@ -136,6 +137,10 @@ class PipelineConfig(TrainConfig):
             )
         return value
 
+    parent_run_id: str | None = Field(
+        None, title="nest in MLflow run (empty: none)",
+        description="MLflow run id to nest this run in (a sweep's trials are nested in the sweep's run)",
+    )  # fmt: skip
     gpu_deployment: str = Field(
         GPU_DEPLOYMENT,
         title="GPU deployment (classifier)",

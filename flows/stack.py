@@ -36,7 +36,7 @@ def resolve_project_dir(option: str | Path | None = None, cwd: str | Path | None
 
 # The deployments of prefect.yaml for process work pools (the others are for Docker and Kubernetes pools).
 PROCESS_DEPLOYMENTS = (
-    "spine-pipeline", "spine-train-gpu", "spine-localiser-gpu", "cross-validate", "compare-models", "predict",
+    "spine-pipeline", "spine-train-gpu", "spine-localiser-gpu", "cross-validate", "sweep", "compare-models", "predict",
 )  # fmt: skip
 HOST = "127.0.0.1"  # loopback only: nothing here is meant to face a network
 

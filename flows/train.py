@@ -120,7 +120,8 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float
     run_dir = Workspace(config.workdir).run(run_name).root
     tracking_uri = tracking.resolve_tracking_uri(config.tracking_uri)
     preflight_task(config.data_dir, config.workdir, tracking_uri)
-    run_id = start_run_task(config.experiment, run_name, _prefect_tags(), tracking_uri)
+    nested = {"mlflow.parentRunId": config.parent_run_id} if config.parent_run_id else {}
+    run_id = start_run_task(config.experiment, run_name, {**_prefect_tags(), **nested}, tracking_uri)
     mode = config.localiser_mode()
     pipeline = PipelineRun(config, str(run_dir), run_id, tracking_uri, mode)
     with guarding(flow_run.id, {run_id: str(run_dir)}, tracking_uri, run_dir) as guard:

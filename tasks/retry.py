@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from spine_model.core import interrupts
 from spine_model.data.ingest import DataError
-from spine_model.training.loop import TrainingDiverged
+from spine_model.training.loop import TrainingDiverged, TrainingStopped
 
 
 def unless_bad_data(task, task_run, state) -> bool:
@@ -16,7 +16,7 @@ def unless_bad_data(task, task_run, state) -> bool:
         return False
     try:
         state.result()
-    except (DataError, TrainingDiverged):
+    except (DataError, TrainingDiverged, TrainingStopped):
         return False
     except Exception:
         return True

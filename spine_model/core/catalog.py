@@ -168,6 +168,7 @@ class RunFolder:
     pipeline_state = property(lambda self: self.root / "pipeline.json")  # what `spine train --resume` goes on with
     pending_metrics = property(lambda self: self.root / "pending_metrics.jsonl")  # not yet taken by MLflow
     guard_log = property(lambda self: self.root / "guard.log")  # what the run's watchman did (flows/guard.py)
+    stop_request = property(lambda self: self.root / "STOP")  # training ends after the epoch it is in
     model_uris = property(lambda self: self.root / "mlflow_models.json")
     evaluation = property(lambda self: self.root / "evaluation")
     localiser = property(lambda self: RunFolder(self.root / "localiser"))  # the stage-1 run of this run

@@ -52,6 +52,7 @@ def train_step(
     epochs = EpochLog(folder.epochs_log)
     if world.main and not resume:
         epochs.clear()
+        folder.stop_request.unlink(missing_ok=True)
 
     def report(stats: EpochStats) -> None:
         """One line per epoch in the run folder (fit calls this on rank 0 only): whoever waits for the
@@ -62,7 +63,7 @@ def train_step(
 
     _, result = train_model(
         run.points, run.record.split, run.store, run.record.config, folder.checkpoints, report, progress,
-        resume=resume, world=world,
+        resume=resume, world=world, should_stop=folder.stop_request.is_file,
     )  # fmt: skip
     if not world.main:
         return result

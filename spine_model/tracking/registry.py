@@ -45,8 +45,8 @@ def _record(run) -> dict:
 
 def finished_runs(experiment: str, tracking_uri: str | None = None, page_size: int = 1000) -> pd.DataFrame:
     """Every FINISHED run of the experiment with its scores, settings and serving model URI (read page
-    by page, so an experiment of any size is ranked whole). Nested runs (a cross-validation's folds, a
-    localiser) are parts of their parent run, which is ranked instead."""
+    by page, so an experiment of any size is ranked whole). A cross-validation's folds are parts of
+    their parent run, which is ranked instead (a sweep's nested trials are models of their own)."""
     mlflow_client = client(tracking_uri)
     found = mlflow_client.get_experiment_by_name(experiment)
     columns = ["run_id", "run_name", "start_time", "end_time", "experiment_id", *METRICS, *SETTINGS, VAL_FINGERPRINT]
@@ -57,7 +57,7 @@ def finished_runs(experiment: str, tracking_uri: str | None = None, page_size: i
         page = mlflow_client.search_runs(
             [found.experiment_id], "attributes.status = 'FINISHED'", max_results=page_size, page_token=token
         )
-        runs.extend(run for run in page if "mlflow.parentRunId" not in run.data.tags)
+        runs.extend(run for run in page if "cv_fold" not in run.data.tags)
         token = page.token
         if not token:
             break

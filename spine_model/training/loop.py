@@ -81,6 +81,10 @@ def run_epoch(
     return float(loss_total / weight_total), float(correct / labelled)
 
 
+class TrainingStopped(RuntimeError):
+    """Training ended early on request (`fit`'s should_stop): not a failure to retry."""
+
+
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or infinite: training stopped; the last good epoch's checkpoints are kept."""
 
@@ -96,6 +100,7 @@ def fit(
     progress: bool = True,
     resume: bool = False,
     world: World = SINGLE,
+    should_stop: Callable[[], bool] | None = None,
 ) -> FitResult:
     """Train `model` for `config.epochs`; keep (and save) the lowest-val-loss weights.
 
@@ -106,6 +111,9 @@ def fit(
 
     In one of several processes (`world`, see training.distributed), the model trains wrapped in
     DistributedDataParallel on the loaders' shares; only rank 0 writes files and sees `on_epoch_end`.
+
+    `should_stop`, asked after each epoch has been saved and reported, ends training early with
+    TrainingStopped when it says so (a sweep pruning a hopeless trial, a person asking).
     """
     device, step_model, val_model = _place(model, config, world)
     class_weights = torch.tensor(config.class_weights, dtype=torch.float32, device=device)
@@ -152,6 +160,8 @@ def fit(
             save_training_state(files.state, model, optimizer, scheduler, config, result, loaders)
         if on_epoch_end is not None and world.main:
             on_epoch_end(stats)
+        if should_stop is not None and epoch < config.epochs and should_stop():
+            raise TrainingStopped(f"stopped on request after epoch {epoch} of {config.epochs}; checkpoints kept")
     if config.restore_best and best_state is not None:
         model.load_state_dict(best_state)
     elif config.restore_best and files is not None and files.best.is_file():  # resumed: the best is on disk
@@ -205,6 +215,7 @@ def train_model(
     allow_download: bool = True,
     resume: bool = False,
     world: World = SINGLE,
+    should_stop: Callable[[], bool] | None = None,
 ) -> tuple[nn.Module, FitResult]:
     """Build the config's model family and fit it on the split's points; returns the model and history.
 
@@ -239,5 +250,8 @@ def train_model(
         "training %s on %s: %d train points, %d validation points",
         family.describe(config), device, len(train_points), len(val_points),
     )  # fmt: skip
-    result = fit(model, family, train_loader, val_loader, config, checkpoint_dir, on_epoch_end, progress, resume, world)
+    result = fit(
+        model, family, train_loader, val_loader, config, checkpoint_dir, on_epoch_end, progress, resume, world,
+        should_stop,
+    )  # fmt: skip
     return model, result

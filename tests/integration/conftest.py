@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import tempfile
 import warnings
+from pathlib import Path
 
 import pytest
 
 from flows.postgres import LocalPostgres, PostgresUnavailable
 from flows.stack import LocalStack, free_port
+
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -49,3 +55,23 @@ def stack(postgres, tmp_path_factory):
         yield local
     finally:
         local.stop()
+
+
+@pytest.fixture(scope="session")
+def second_gpu_worker(stack):
+    """A second `spine worker` on the gpu pool: two flow runs of the pool at once (its limit is 2)."""
+    log = stack.state_dir / "logs" / "worker-gpu-2.log"
+    with open(log, "ab") as output:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "worker", "--pool", "gpu", "--name", "local-gpu-2"],
+            env={**stack.env(), "PYTHONPATH": str(PROJECT)}, cwd=stack.project_dir, stdout=output,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield worker
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)

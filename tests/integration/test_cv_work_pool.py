@@ -7,9 +7,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,26 +24,6 @@ from tests.conftest import TINY_TRAIN
 
 pytestmark = pytest.mark.integration
 PROJECT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def second_gpu_worker(stack):
-    """A second `spine worker` on the gpu pool: two flow runs of the pool at once (its limit is 2)."""
-    log = stack.state_dir / "logs" / "worker-gpu-2.log"
-    with open(log, "ab") as output:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "flows.cli", "worker", "--pool", "gpu", "--name", "local-gpu-2"],
-            env={**stack.env(), "PYTHONPATH": str(PROJECT)}, cwd=stack.project_dir, stdout=output,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        yield worker
-    finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="module")

@@ -48,20 +48,22 @@ def _deployment_id(stack) -> str:
         return json.load(r)["id"]
 
 
-def _submitted_run(stack, data_dir: str, timeout_s: float = 60) -> str:
-    """The flow run the form created: the one whose config names this data folder."""
+def _submitted_run(stack, experiment: str, timeout_s: float = 60) -> str:
+    """The flow run the form created: the one whose config names this test's own experiment (the data
+    folder is shared with the other tests on this session's stack, which run flows of it too)."""
+    from prefect.client.schemas.sorting import FlowRunSort
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     deadline = time.monotonic() + timeout_s
     with temporary_settings({PREFECT_API_URL: stack.api_url}), get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            recent = client.read_flow_runs(limit=50)
-            runs = [r for r in recent if r.parameters.get("config", {}).get("data_dir") == data_dir]
+            recent = client.read_flow_runs(sort=FlowRunSort.EXPECTED_START_TIME_DESC, limit=200)
+            runs = [r for r in recent if r.parameters.get("config", {}).get("experiment") == experiment]
             if runs:
                 assert len(runs) == 1, [r.name for r in runs]
                 return str(runs[0].id)
             time.sleep(1)
-    raise AssertionError(f"no flow run of {data_dir} after submitting the form")
+    raise AssertionError(f"no flow run for experiment {experiment} after submitting the form")
 
 
 def _wait_final(stack, run_id: str, timeout_s: float = 900):
@@ -107,7 +109,7 @@ def test_a_person_runs_the_pipeline_from_the_prefect_form(stack, chromium, tiny_
     driver.execute_script("window.scrollTo(0, 0)")
     driver.save_screenshot(str(SHOTS / "prefect-run-form.png"))
     browser.submit(driver)
-    run_id = _submitted_run(stack, str(tiny_data))  # the UI shows the deployment's runs (or the run)
+    run_id = _submitted_run(stack, "browser-check")  # the UI shows the deployment's runs (or the run)
 
     run = _wait_final(stack, run_id)
     assert run.state.is_completed(), f"{run.state}; logs in {stack.state_dir / 'logs'}"

@@ -20,7 +20,7 @@ from spine_model.core.config import TrainConfig
 from spine_model.core.split import split_by_study
 from spine_model.families import get_family
 from spine_model.training.loaders import make_loader
-from spine_model.training.loop import TrainingDiverged, fit, train_model
+from spine_model.training.loop import TrainingDiverged, TrainingStopped, fit, train_model
 
 SETTINGS = {
     "model_family": "crops", "crop_pooling": "channels", "pretrained": False, "store_size": 32, "crop_size": 16,
@@ -133,3 +133,21 @@ def test_a_loss_that_is_not_finite_stops_training_and_keeps_the_last_good_checkp
     assert kept["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in kept["state_dict"].values() if v.is_floating_point())
     assert torch.load(checkpoint_files(tmp_path / "ckpt").state, weights_only=True)["epoch"] == 1
+
+
+def test_a_stop_request_ends_training_after_the_epoch_it_is_in_and_keeps_its_checkpoints(tiny_store, tmp_path):
+    points, _, store, _ = tiny_store
+    config = TrainConfig(**{**SETTINGS, "epochs": 3})
+    split = split_by_study(points, config.val_fraction, config.split_seed)
+    asked = []
+    with pytest.raises(TrainingStopped, match="after epoch 1 of 3"):
+        train_model(
+            points, split, store, config, tmp_path / "ckpt", progress=False, on_epoch_end=asked.append,
+            should_stop=lambda: bool(asked),  # asked to stop once the first epoch was reported
+        )  # fmt: skip
+    files = checkpoint_files(tmp_path / "ckpt")
+    assert [stats.epoch for stats in asked] == [1]
+    assert torch.load(files.last, weights_only=True)["epoch"] == 1 and files.state.is_file()
+    # The run resumes from there when it is wanted after all.
+    _, result = train_model(points, split, store, config, tmp_path / "ckpt", progress=False, resume=True)
+    assert [stats.epoch for stats in result.history] == [1, 2, 3]
