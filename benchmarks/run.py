@@ -407,7 +407,7 @@ def report(results: dict) -> str:
         "",
         *rows,
         "",
-        "f. Projection to the real data (1,975 studies, 48,692 points, about 150,000 DICOM files) on this machine:",
+        "g. Projection to the real data (1,975 studies, 48,692 points, about 150,000 DICOM files) on this machine:",
         "",
         f"- preprocessing all DICOM files once: {f['preprocess_minutes_seed_style']:.0f} minutes seed-style, "
         f"{f['preprocess_minutes_ours']:.0f} minutes ours on {results['cores']} cores;",

@@ -32,8 +32,8 @@ def test_report_holds_every_figure_and_says_why_a_target_was_missed(tmp_path):
     results["orchestration"].update(library_s=100.0, flow_s=125.0, overhead_share=0.2)
     text = render(results, tmp_path)
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert {row.split("|")[1].strip() for row in rows[2:]} == {"a", "b", "c", "d", "e"}
-    assert "f. Projection to the real data" in text
+    assert {row.split("|")[1].strip() for row in rows[2:]} == {"a", "b", "c", "d", "e", "f"}  # f: the ensemble
+    assert "g. Projection to the real data" in text
     assert ">= 1.3x: not met" in text and "<= 10 %: not met" in text
     why = text.split("Targets not met, and why:")[1]
     assert "- c: " in why and "- e: the flow's extra 25 s are a fixed cost" in why
