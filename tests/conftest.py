@@ -13,6 +13,8 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # models 3-5x by contention.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import shutil  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -20,6 +22,38 @@ import pytest  # noqa: E402
 from spine_model.data.synth import generate_dataset  # noqa: E402
 
 TINY = {"n_studies": 12, "n_test_studies": 3, "image_size": 64, "n_slices": 6, "seed": 7}
+
+
+class ScopedTemp:
+    """`tmp_path_factory.mktemp` for module- and package-scoped fixtures, whose folders go when their
+    scope ends: a trained model's checkpoints and logged copies are ~300 MB, so keeping every module's
+    until the session ended filled CI's disk (ENOSPC, then every fixture after it errored)."""
+
+    def __init__(self, factory: pytest.TempPathFactory) -> None:
+        self._factory = factory
+        self.made: list[Path] = []
+
+    def mktemp(self, name: str) -> Path:
+        path = self._factory.mktemp(name)
+        self.made.append(path)
+        return path
+
+    @classmethod
+    def removed_after(cls, factory: pytest.TempPathFactory) -> Iterator[ScopedTemp]:
+        """Yield one; remove its folders after (the fixtures using it are torn down first). A failure
+        is reported in the log, not by what is left on disk."""
+        temp = cls(factory)
+        try:
+            yield temp
+        finally:
+            for path in temp.made:
+                shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScopedTemp]:
+    """Folders for a module's fixtures, removed after its last test."""
+    yield from ScopedTemp.removed_after(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -42,8 +76,6 @@ def tiny_realistic(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_copy(tiny_data: Path, tmp_path: Path) -> Path:
     """A private copy of the tiny dataset that a test may break."""
-    import shutil
-
     target = tmp_path / "data"
     shutil.copytree(tiny_data, target)
     return target

@@ -26,8 +26,8 @@ FOLDS = 3
 
 
 @pytest.fixture(scope="module")
-def cv_run(prefect_harness, tiny_realistic, tmp_path_factory):
-    root = tmp_path_factory.mktemp("cv")
+def cv_run(prefect_harness, tiny_realistic, module_tmp):
+    root = module_tmp.mktemp("cv")
     config = CVConfig(
         data_dir=str(tiny_realistic), workdir=str(root / "out"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         model_family="crops", folds=FOLDS, validate_first=False, **{**TINY_TRAIN, "epochs": 1, "localiser_epochs": 1},

@@ -18,8 +18,8 @@ from tests.conftest import TINY_TRAIN
 
 
 @pytest.fixture(scope="module")
-def realistic_run(prefect_harness, tiny_realistic, tmp_path_factory):
-    root = tmp_path_factory.mktemp("realistic_run")
+def realistic_run(prefect_harness, tiny_realistic, module_tmp):
+    root = module_tmp.mktemp("realistic_run")
     config = PipelineConfig(
         data_dir=str(tiny_realistic), workdir=str(root / "out"), tracking_uri=f"sqlite:///{root / 'mlflow.db'}",
         model_family="crops", **{**TINY_TRAIN, "localiser": "off"},

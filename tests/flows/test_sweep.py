@@ -39,8 +39,8 @@ def test_a_space_with_an_unknown_setting_or_a_refused_value_is_refused_naming_it
 
 
 @pytest.fixture(scope="module")
-def swept(prefect_harness, tiny_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("sweep")
+def swept(prefect_harness, tiny_data, module_tmp):
+    root = module_tmp.mktemp("sweep")
     config = _config(root).model_copy(update={"data_dir": str(tiny_data)})
     # Two good trials first, then the bad one: the median of the good ones' losses prunes it.
     result = sweep(config, SPACE, trials=3, name="s", first=[GOOD, GOOD, BAD])

@@ -28,8 +28,8 @@ from tests.helpers import assert_complete_mlflow_run
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
-def local_run(request, prefect_harness, tiny_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp(f"local_run_{request.param}")
+def local_run(request, prefect_harness, tiny_data, module_tmp):
+    root = module_tmp.mktemp(f"local_run_{request.param}")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     config = PipelineConfig(
         data_dir=str(tiny_data), workdir=str(root / "out"), tracking_uri=tracking_uri, model_family=request.param,

@@ -27,9 +27,9 @@ PROJECT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def dispatched_cv(stack, second_gpu_worker, tiny_data, tmp_path_factory):
+def dispatched_cv(stack, second_gpu_worker, tiny_data, module_tmp):
     config = CVConfig(
-        data_dir=str(tiny_data), workdir=str(tmp_path_factory.mktemp("cv-pool") / "out"), tracking_uri=stack.mlflow_url,
+        data_dir=str(tiny_data), workdir=str(module_tmp.mktemp("cv-pool") / "out"), tracking_uri=stack.mlflow_url,
         dispatch="work-pool", dispatch_timeout_s=900, model_family="crops", folds=2, localiser="off",
         validate_first=False, compare_after=False, **{**TINY_TRAIN, "epochs": 3},
     )  # fmt: skip

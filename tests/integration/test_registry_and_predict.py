@@ -34,8 +34,8 @@ EXPERIMENT = "registry-e2e"
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    stack = LocalStack(tmp_path_factory.mktemp("mlflow"), mlflow_port=free_port())
+def mlflow_server(module_tmp):
+    stack = LocalStack(module_tmp.mktemp("mlflow"), mlflow_port=free_port())
     try:
         stack.start_mlflow_server()
         yield stack
@@ -44,18 +44,18 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("registry_data")
+def data(module_tmp) -> Path:
+    root = module_tmp.mktemp("registry_data")
     generate_dataset(root, n_studies=40, n_test_studies=10, image_size=64, n_slices=6, seed=5)
     return root
 
 
 @pytest.fixture(scope="module")
-def runs(prefect_harness, mlflow_server, data, tmp_path_factory):
+def runs(prefect_harness, mlflow_server, data, module_tmp):
     from flows.train import train_pipeline
 
     common = {
-        "data_dir": str(data), "workdir": str(tmp_path_factory.mktemp("out")), "tracking_uri": mlflow_server.mlflow_url,
+        "data_dir": str(data), "workdir": str(module_tmp.mktemp("out")), "tracking_uri": mlflow_server.mlflow_url,
         "experiment": EXPERIMENT, "store_size": 48, "image_size": 32, "crop_size": 16, "batch_size": 32,
         "num_workers": 0, "pretrained": False, "val_fraction": 0.25, "preprocess_workers": 1,
     }  # fmt: skip

@@ -27,13 +27,13 @@ SHOTS = Path(os.environ.get("SPINE_TEST_ARTIFACTS", "test-artifacts")).resolve()
 
 
 @pytest.fixture(scope="module")
-def chromium(tmp_path_factory):
+def chromium(module_tmp):
     reason = browser.missing()
     if reason:
         if os.geteuid() == 0:  # root could have installed it (`make test` does): on CI this must run
             pytest.fail(f"{reason}; `make browser` installs it")
         pytest.skip(reason)
-    driver = browser.start(tmp_path_factory.mktemp("chromium-profile"))
+    driver = browser.start(module_tmp.mktemp("chromium-profile"))
     try:
         yield driver
     finally:

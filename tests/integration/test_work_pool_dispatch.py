@@ -34,11 +34,11 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def dispatched(stack, tiny_data, tmp_path_factory):
+def dispatched(stack, tiny_data, module_tmp):
     """One pipeline run through the stack: (config, parent flow run, child runs, localiser runs)."""
     # A run named like the localiser's job: the jobs are told apart by what they train, not by folder names.
     config = PipelineConfig(
-        data_dir=str(tiny_data), workdir=str(tmp_path_factory.mktemp("dispatch") / "out"),
+        data_dir=str(tiny_data), workdir=str(module_tmp.mktemp("dispatch") / "out"),
         tracking_uri=stack.mlflow_url, dispatch="work-pool", dispatch_timeout_s=600, model_family="crops",
         run_name="localiser", **TINY_TRAIN,
     )  # fmt: skip

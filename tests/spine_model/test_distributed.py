@@ -31,9 +31,9 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def prepare(tiny_data, tmp_path_factory):
+def prepare(tiny_data, module_tmp):
     """Run folders of one dataset and store, one per call."""
-    root = tmp_path_factory.mktemp("distributed")
+    root = module_tmp.mktemp("distributed")
     workspace = Workspace(root)
     ingested = ingest_step(tiny_data, workspace.dataset(tiny_data))
     table, labels = ingested.read()

@@ -18,8 +18,8 @@ from tests.conftest import FAMILIES
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e_data")
+def data(module_tmp):
+    root = module_tmp.mktemp("e2e_data")
     generate_dataset(root, n_studies=12, n_test_studies=2, image_size=64, n_slices=6, seed=11)
     return root
 

@@ -44,8 +44,8 @@ def prior(tiny_store):
 
 
 @pytest.fixture(scope="module")
-def test_store(tiny_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("test_store")
+def test_store(tiny_data, module_tmp):
+    root = module_tmp.mktemp("test_store")
     build_volume_store(tiny_data, "test", series_to_store(tiny_data, "test"), root, 32, workers=1, progress=False)
     return VolumeStore(root)
 

@@ -87,12 +87,12 @@ def test_loss_is_lowest_at_the_labelled_point_and_peaks_read_it_back():
 
 
 @pytest.fixture(scope="module")
-def split_axial(tmp_path_factory):
+def split_axial(module_tmp):
     """Every study with two axial series: an upper (levels 1-3 labelled, reaching 4) and a lower one."""
     patch = pytest.MonkeyPatch()
     patch.setattr(synth, "AXIAL_SPLIT_SHARE", 1.0)
     try:
-        return _stored(tmp_path_factory.mktemp("split_axial"), n_studies=4, image_size=64, n_slices=8, seed=9)
+        return _stored(module_tmp.mktemp("split_axial"), n_studies=4, image_size=64, n_slices=8, seed=9)
     finally:
         patch.undo()
 
@@ -137,9 +137,9 @@ def test_each_level_gets_the_labelled_axial_slice_of_the_series_that_reaches_it(
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     points, store = _stored(
-        tmp_path_factory.mktemp("localiser"), n_studies=20, image_size=48, n_slices=8, axial_slices=(14, 18), seed=3
+        module_tmp.mktemp("localiser"), n_studies=20, image_size=48, n_slices=8, axial_slices=(14, 18), seed=3
     )
     split = split_by_study(points, 0.2, 42)
     config = TrainConfig(
