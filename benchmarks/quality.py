@@ -263,7 +263,7 @@ def run_sweep(data: Path, workdir: Path, tracking_uri: str, localiser_run: dict 
         store = VolumeStore(Workspace(workdir / "out").dataset(data).volume_store("test", COMMON["store_size"]))
         solution, frame = pd.read_csv(data / SOLUTION_CSV), inference_frame(data, "test")
         for label, trial in (("best", best), ("hand-picked", trials.iloc[0])):
-            folder = Workspace(workdir / "out").run(f"sweep-trial-{int(trial['trial'])}")
+            folder = Workspace(workdir / "out").run(trial["run"])  # the trial's run folder, as the table names it
             predictor = Predictor.load(folder.best_checkpoint, folder.priors, localiser=localiser)
             test[label] = competition_score(solution, predictor.predict(frame, store))
     print(f"sweep: best {result['best_score']:.4f} {result['best_params']}, test {test}", flush=True)

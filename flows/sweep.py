@@ -31,12 +31,19 @@ from flows.config import CVConfig, PipelineConfig
 from flows.dispatch import ui_link
 from flows.train import _prefect_tags, _run_name, train_pipeline
 from spine_model import tracking
-from spine_model.core.catalog import CVFolder, Workspace
+from spine_model.core.catalog import Workspace
 from spine_model.core.files import atomic_write_text
-from spine_model.pipeline.sweep import markdown_trials, plot_scores, read_space, suggest, trials_table
-from spine_model.training.history import EpochLog
+from spine_model.pipeline.sweep import (
+    OBJECTIVE,
+    SweepTrials,
+    create_study,
+    markdown_trials,
+    plot_scores,
+    read_space,
+    reopen_study,
+    trials_table,
+)
 
-OBJECTIVE = "val_competition_score"  # a run's score on its validation studies, or out of fold for a CV
 POLL_S = 2.0
 
 
@@ -64,11 +71,10 @@ def sweep(
     storage = storage or f"sqlite:///{Path(config.workdir).resolve() / 'sweeps.db'}"
     Path(config.workdir).mkdir(parents=True, exist_ok=True)
     if resume:
-        study = optuna.load_study(study_name=resume, storage=storage)
+        study = reopen_study(resume, storage)
         attrs = study.user_attrs
         config, space = PipelineConfig(**attrs["config"]), attrs["space"]
         trials, folds, parallel, name = attrs["trials"], attrs["folds"], attrs["parallel"], resume
-        _abandon_unfinished(study)
         tracking.reopen_run(attrs["mlflow_run_id"], attrs["tracking_uri"])
     else:
         name = name or f"sweep-{_run_name(config)}"
@@ -80,39 +86,26 @@ def sweep(
     settings = read_space(space, config)
     run_id, uri = study.user_attrs["mlflow_run_id"], study.user_attrs["tracking_uri"]
     logger.info("sweep %s: %d trials over %s", name, trials, "; ".join(s.describe() for s in settings))
+    book = SweepTrials(study, settings, config.workdir, folds, uri)
     runner = _LocalTrials if config.dispatch == "local" else _PoolTrials
-    runner(study, settings, config, folds, parallel, run_id).run(trials)
-    return _finish(study, settings, config, folds, name, run_id, uri)
+    runner(book, config, parallel, run_id).run(trials)
+    return _finish(book, config, name, run_id)
 
 
 def _new_study(name, storage, seed, config, space, trials, folds, parallel) -> optuna.Study:
     """The Optuna study and the sweep's MLflow run, each knowing the other."""
     uri = tracking.resolve_tracking_uri(config.tracking_uri)
-    study = optuna.create_study(
-        study_name=name, storage=storage, direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
-    )  # fmt: skip
     run_id = tracking.start_run(config.experiment, name, {**_prefect_tags(), "sweep": "parent"}, uri)
     tracking.log_params(run_id, {
         "sweep_space": json.dumps(space), "sweep_trials": trials, "sweep_folds": folds, "sweep_seed": seed,
         "sweep_storage": storage.split("@")[-1], "sweep_objective": OBJECTIVE,
         **{f"base_{key}": value for key, value in config.model_dump().items() if value is not None},
     }, uri)  # fmt: skip
-    for key, value in {
+    attrs = {
         "mlflow_run_id": run_id, "tracking_uri": uri, "config": config.model_dump(mode="json"), "space": space,
         "trials": trials, "folds": folds, "parallel": parallel,
-    }.items():  # fmt: skip
-        study.set_user_attr(key, value)
-    return study
-
-
-def _abandon_unfinished(study: optuna.Study) -> None:
-    """Trials left running by a stopped sweep failed: they are not asked again, and a new trial takes
-    their place; the finished ones are kept as they are."""
-    stopped = [trial.number for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
-    for number in stopped:
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
-    study.set_user_attr("abandoned", [*study.user_attrs.get("abandoned", []), *stopped])
+    }  # fmt: skip
+    return create_study(name, storage, seed, attrs)
 
 
 def _trial_config(config: PipelineConfig, folds: int, values: dict, run_name: str, parent: str) -> PipelineConfig:
@@ -124,57 +117,30 @@ def _trial_config(config: PipelineConfig, folds: int, values: dict, run_name: st
 
 
 class _Trials:
-    """What both ways of running trials share: ask, watch epochs, prune, tell."""
+    """What both ways of running trials share: the sweep's book (spine_model.pipeline.sweep), a
+    trial's pipeline config, and the log lines."""
 
-    def __init__(self, study, settings, config, folds, parallel, parent_run_id) -> None:
-        self.study, self.settings, self.config, self.folds = study, settings, config, folds
-        self.parallel, self.parent = max(1, parallel), parent_run_id
+    def __init__(self, book: SweepTrials, config: PipelineConfig, parallel: int, parent_run_id: str) -> None:
+        self.book, self.config, self.parallel, self.parent = book, config, max(1, parallel), parent_run_id
         self.logger = get_run_logger()
 
     def remaining(self, total: int) -> int:
-        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
-        abandoned = set(self.study.user_attrs.get("abandoned", []))
-        done = [t for t in self.study.get_trials(states=finished) if t.number not in abandoned]
-        return total - len(done)
+        return self.book.remaining(total)
 
     def ask(self) -> tuple[optuna.trial.Trial, PipelineConfig, Path]:
-        trial = self.study.ask()
-        values = suggest(trial, self.settings)
-        run_name = f"{self.study.study_name}-trial-{trial.number}"
-        trial.set_user_attr("run_name", run_name)
-        workspace = Workspace(self.config.workdir)
-        run_dir = workspace.cross_validation(run_name).fold(0).root if self.folds else workspace.run(run_name).root
+        trial, values, run_name, run_dir = self.book.ask()
         self.logger.info("trial %d: %s", trial.number, values)
-        return trial, _trial_config(self.config, self.folds, values, run_name, self.parent), run_dir
+        return trial, _trial_config(self.config, self.book.folds, values, run_name, self.parent), run_dir
 
     def watch(self, trial: optuna.trial.Trial, run_dir: Path, reported: list[int]) -> None:
-        """Report the trial's new epochs to Optuna; ask the trial to stop when Optuna prunes it."""
-        for stats in EpochLog(Path(run_dir) / "epochs.jsonl").read()[len(reported) :]:
-            trial.report(stats.val_loss, stats.epoch)
-            reported.append(stats.epoch)
-            if trial.should_prune() and not (Path(run_dir) / "STOP").exists():
-                self.logger.info("trial %d pruned after epoch %d (validation loss %.4f)", trial.number,
-                                 stats.epoch, stats.val_loss)  # fmt: skip
-                (Path(run_dir) / "STOP").touch()
+        """Report the trial's new epochs; it is asked to stop when Optuna prunes it."""
+        news = self.book.report(trial, run_dir, reported)
+        if news:
+            self.logger.info("%s", news)
 
-    def tell(self, trial: optuna.trial.Trial, run_name: str, run_dir: Path, error: str | None) -> None:
-        """The trial's end in Optuna (complete, pruned or failed) and on its MLflow run."""
-        pruned = (Path(run_dir) / "STOP").exists()
-        run_id = _mlflow_run_of(run_dir, bool(self.folds))
-        uri = tracking.resolve_tracking_uri(self.config.tracking_uri)
-        if error is None:
-            self.study.tell(trial, _objective(run_dir, bool(self.folds)))
-        elif pruned:
-            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        else:
-            trial.set_user_attr("error", error[:500])
-            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+    def tell(self, trial: optuna.trial.Trial, run_dir: Path, error: str | None) -> None:
+        if self.book.tell(trial, run_dir, error) == "failed":
             self.logger.warning("trial %d failed: %s", trial.number, error[:500])
-        if run_id is not None:
-            state = "pruned" if pruned else ("failed" if error else "complete")
-            tracking.set_tags(run_id, {"sweep_trial": trial.number, "sweep_state": state, "pruned": str(pruned)}, uri)
-            if pruned:
-                tracking.end_run(run_id, "KILLED", uri)
 
 
 class _LocalTrials(_Trials):
@@ -194,22 +160,22 @@ class _LocalTrials(_Trials):
             watcher.start()
             error = None
             try:
-                train_pipeline(config) if not self.folds else _cross_validate(config)
+                train_pipeline(config) if not self.book.folds else _cross_validate(config)
             except Exception as failure:  # a failed or pruned trial: recorded, and the sweep goes on
                 error = f"{type(failure).__name__}: {failure}"
             finally:
                 stop.set()
                 watcher.join()
             self.watch(trial, run_dir, reported)
-            self.tell(trial, config.run_name, run_dir, error)
+            self.tell(trial, run_dir, error)
 
 
 class _PoolTrials(_Trials):
     """`parallel` trials at a time as deployment runs (their training on the gpu pool)."""
 
     def run(self, total: int) -> None:
-        running: dict = {}  # flow run id -> (trial, config, run_dir, reported)
-        name = "cross-validate/cross-validate" if self.folds else "train-pipeline/spine-pipeline"
+        running: dict = {}  # flow run id -> (trial, run_dir, epochs reported)
+        name = "cross-validate/cross-validate" if self.book.folds else "train-pipeline/spine-pipeline"
         try:
             while self.remaining(total) > 0 or running:
                 while len(running) < self.parallel and self.remaining(total) - len(running) > 0:
@@ -217,16 +183,16 @@ class _PoolTrials(_Trials):
                     parameters = {"config": config.model_dump(mode="json", exclude_none=True)}
                     child = run_deployment(name, parameters=parameters, timeout=0, flow_run_name=config.run_name)
                     trial.set_user_attr("flow_run", ui_link(child))
-                    running[child.id] = (trial, config, run_dir, [])
+                    running[child.id] = (trial, run_dir, [])
                 time.sleep(POLL_S)
                 with get_client(sync_client=True) as client:
-                    for flow_run_id, (trial, config, run_dir, reported) in list(running.items()):
+                    for flow_run_id, (trial, run_dir, reported) in list(running.items()):
                         self.watch(trial, run_dir, reported)
                         state = client.read_flow_run(flow_run_id).state
                         if state is not None and state.is_final():
                             self.watch(trial, run_dir, reported)
                             error = None if state.is_completed() else f"{state.name}: {state.message}"
-                            self.tell(trial, config.run_name, run_dir, error)
+                            self.tell(trial, run_dir, error)
                             del running[flow_run_id]
         except BaseException:  # the sweep stops: its trials stop too
             from flows.dispatch import cancel
@@ -242,31 +208,15 @@ def _cross_validate(config: CVConfig) -> dict:
     return cross_validate(config)
 
 
-def _mlflow_run_of(run_dir: Path, folds: bool) -> str | None:
-    """The MLflow run of a trial, from the state its pipeline keeps in its folder (None before that)."""
-    folder = Path(run_dir).parent if folds else Path(run_dir)
-    state = folder / "pipeline.json"
-    return json.loads(state.read_text())["run_id"] if state.is_file() else None
-
-
-def _objective(run_dir: Path, folds: bool) -> float:
-    """The trial's score: its evaluation's, or its cross-validation's out-of-fold score."""
-    if folds:
-        metrics = CVFolder(Path(run_dir).parent).summary_files()["metrics"]
-    else:
-        metrics = Path(run_dir) / "evaluation" / "metrics.json"
-    return float(json.loads(metrics.read_text())[OBJECTIVE])
-
-
-def _finish(study, settings, config, folds, name, run_id, uri) -> dict:
+def _finish(book: SweepTrials, config: PipelineConfig, name: str, run_id: str) -> dict:
     """The sweep's MLflow run (best trial, a picture of the score per setting, the trials' table), its
     Prefect summary, the end of its run, and the comparison that ranks the trials' models."""
-    table = trials_table(study)
+    uri, folds = book.tracking_uri, book.folds
+    table = trials_table(book.study)
     folder = Workspace(config.workdir).root / "sweeps" / name
-    picture = plot_scores(table, settings, folder / "scores.png", OBJECTIVE)
+    picture = plot_scores(table, book.settings, folder / "scores.png", OBJECTIVE)
     atomic_write_text(folder / "trials.csv", table.to_csv(index=False))
-    done = [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
-    best = min(done, key=lambda trial: trial.value) if done else None
+    best = book.best()
     if best is not None:
         tracking.log_params(run_id, {f"best_{key}": value for key, value in best.params.items()}, uri)
         tracking.log_metrics(run_id, {"best_score": best.value, "best_trial": best.number}, tracking_uri=uri)

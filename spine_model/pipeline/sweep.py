@@ -12,22 +12,34 @@ unknown setting, or a value the configuration (or its model family) refuses, is 
 names it. Optuna samples the trials (TPE with a fixed seed), prunes hopeless ones on the per-epoch
 validation loss (median pruning), and keeps the study in a database, so that a stopped sweep
 resumes without repeating a finished trial.
+
+`SweepTrials` is the sweep's bookkeeping, without Prefect: which trials are left, a trial's
+settings and run folder, its epochs reported to Optuna (and its STOP file written when Optuna
+prunes it), its end told to Optuna and to its MLflow run. How the trials run (one after the other
+here, or as deployment runs on a work pool) is the flow's business (flows/sweep.py).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
 from pydantic import BaseModel, ValidationError
 
+from spine_model import tracking
+from spine_model.core.catalog import CVFolder, Workspace
 from spine_model.core.config import TrainConfig
 from spine_model.core.files import atomic_write_figure
 from spine_model.evaluation.compare import markdown_table
+from spine_model.training.history import EpochLog
+
+OBJECTIVE = "val_competition_score"  # a run's score on its validation studies, or out of fold for a CV
 
 
 class SpaceError(ValueError):
@@ -170,3 +182,110 @@ def markdown_trials(table: pd.DataFrame) -> str:
     ordered = table.sort_values("score", na_position="last").copy()
     ordered["score"] = ordered["score"].map(lambda v: "" if np.isnan(v) else f"{v:.4f}")
     return markdown_table(ordered)
+
+
+def create_study(name: str, storage: str, seed: int, attrs: dict[str, Any]) -> optuna.Study:
+    """A new study (TPE with `seed`, median pruning once two trials have finished) holding `attrs`:
+    what a resumed sweep needs (its MLflow run, base config, space, trials, folds)."""
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction="minimize", sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0),
+    )  # fmt: skip
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    return study
+
+
+def reopen_study(name: str, storage: str) -> optuna.Study:
+    """A stopped sweep's study. Trials it left running failed: they are not asked again, and a new
+    trial takes their place; the finished ones are kept as they are."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    stopped = [trial.number for trial in study.get_trials(states=(optuna.trial.TrialState.RUNNING,))]
+    for number in stopped:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    study.set_user_attr("abandoned", [*study.user_attrs.get("abandoned", []), *stopped])
+    return study
+
+
+@dataclass
+class SweepTrials:
+    """A sweep's trials: ask, report epochs (and prune), tell. `folds` > 0: each trial is a
+    cross-validation, watched through its first fold and judged on its out-of-fold score."""
+
+    study: optuna.Study
+    settings: list[Setting]
+    workdir: str
+    folds: int = 0
+    tracking_uri: str | None = None
+
+    def remaining(self, total: int) -> int:
+        """How many of `total` trials are still to finish (a trial abandoned by a stopped sweep does not count)."""
+        finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
+        abandoned = set(self.study.user_attrs.get("abandoned", []))
+        return total - sum(1 for t in self.study.get_trials(states=finished) if t.number not in abandoned)
+
+    def ask(self) -> tuple[optuna.trial.Trial, dict[str, Any], str, Path]:
+        """A new trial: (trial, its settings, its run name, the run folder whose epochs it reports)."""
+        trial = self.study.ask()
+        values = suggest(trial, self.settings)
+        run_name = f"{self.study.study_name}-trial-{trial.number}"
+        trial.set_user_attr("run_name", run_name)
+        workspace = Workspace(self.workdir)
+        run_dir = workspace.cross_validation(run_name).fold(0).root if self.folds else workspace.run(run_name).root
+        return trial, values, run_name, run_dir
+
+    def report(self, trial: optuna.trial.Trial, run_dir: Path, reported: list[int]) -> str | None:
+        """Report the trial's new epochs (its epoch log) to Optuna; when Optuna prunes it, write its
+        STOP file (training ends after the epoch it is in) and return what happened, in words."""
+        news = None
+        for stats in EpochLog(Path(run_dir) / "epochs.jsonl").read()[len(reported) :]:
+            trial.report(stats.val_loss, stats.epoch)
+            reported.append(stats.epoch)
+            stop = Path(run_dir) / "STOP"
+            if trial.should_prune() and not stop.exists():
+                stop.touch()
+                news = f"trial {trial.number} pruned after epoch {stats.epoch} (validation loss {stats.val_loss:.4f})"
+        return news
+
+    def tell(self, trial: optuna.trial.Trial, run_dir: Path, error: str | None) -> str:
+        """The trial's end, to Optuna and on its MLflow run (tags; a pruned run KILLED): "complete",
+        "pruned" (it was asked to stop, whatever its run said then) or "failed" (`error`, kept)."""
+        pruned = (Path(run_dir) / "STOP").exists()
+        if error is None:
+            state = "complete"
+            self.study.tell(trial, trial_score(run_dir, bool(self.folds)))
+        elif pruned:
+            state = "pruned"
+            self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        else:
+            state = "failed"
+            trial.set_user_attr("error", error[:500])
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        run_id = trial_run_id(run_dir, bool(self.folds))
+        if run_id is not None:
+            tags = {"sweep_trial": trial.number, "sweep_state": state, "pruned": str(pruned)}
+            tracking.set_tags(run_id, tags, self.tracking_uri)
+            if pruned:
+                tracking.end_run(run_id, "KILLED", self.tracking_uri)
+        return state
+
+    def best(self) -> optuna.trial.FrozenTrial | None:
+        """The completed trial with the lowest score (None before one completes)."""
+        done = [trial for trial in self.study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+        return min(done, key=lambda trial: trial.value) if done else None
+
+
+def trial_run_id(run_dir: Path, folds: bool) -> str | None:
+    """The MLflow run of a trial, from the state its pipeline keeps in its folder (None before that)."""
+    folder = Path(run_dir).parent if folds else Path(run_dir)
+    state = folder / "pipeline.json"
+    return json.loads(state.read_text())["run_id"] if state.is_file() else None
+
+
+def trial_score(run_dir: Path, folds: bool) -> float:
+    """The trial's score: its evaluation's, or its cross-validation's out-of-fold score."""
+    if folds:
+        metrics = CVFolder(Path(run_dir).parent).summary_files()["metrics"]
+    else:
+        metrics = Path(run_dir) / "evaluation" / "metrics.json"
+    return float(json.loads(metrics.read_text())[OBJECTIVE])
