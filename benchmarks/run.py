@@ -299,7 +299,7 @@ def orchestration(data: Path, work: Path) -> dict:
     from spine_model.core.catalog import Workspace
     from spine_model.pipeline.data import ingest_step, store_step
     from spine_model.pipeline.evaluate import evaluate_step
-    from spine_model.pipeline.run import prepare_run
+    from spine_model.pipeline.run import RunData, prepare_run
     from spine_model.pipeline.train import train_step
 
     config = PipelineConfig(data_dir=str(data), **ORCHESTRATED)
@@ -311,7 +311,7 @@ def orchestration(data: Path, work: Path) -> dict:
         table, labels = ingested.read()
         series = series_to_store(data, "train", table)
         store = store_step(data, "train", series, cache.volume_store("train", STORE_SIZE), STORE_SIZE, None, False)
-        prepared = prepare_run(data, ingested, table, labels, store, config.train_config(), folder.root)
+        prepared = prepare_run(RunData(data, ingested, table, labels, store), config.train_config(), folder.root)
         run = prepared.inputs()
         train_step(run, progress=False)
         evaluate_step(run, progress=False)

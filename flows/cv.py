@@ -32,7 +32,7 @@ from spine_model.core.catalog import CVFolder, Workspace
 from spine_model.evaluation.compare import MODEL_SUMMARY
 from spine_model.families import get_family
 from spine_model.pipeline.publish import read_model_uris, study_assignment
-from spine_model.pipeline.run import PipelineRun, RunInputs, read_folds
+from spine_model.pipeline.run import PipelineRun, RunData, RunInputs, read_folds
 from spine_model.tracking.registry import LOCALISER_TAG
 from tasks.cv import log_cv_task, prepare_cv_task, publish_cv_summary_task, summarise_cv_task
 from tasks.data import ingest, preflight_task, read_tables_task, validate_task, volume_store
@@ -89,10 +89,8 @@ def _prepare(pipeline: PipelineRun, guard) -> None:
         config.preprocess_workers, table=tables[0],
     )  # fmt: skip
     localiser_config = config.localiser_config() if pipeline.mode == "train" else None
-    prepared = prepare_cv_task(
-        config.data_dir, ingested, tables, store, config.train_config(), pipeline.run_dir, config.folds,
-        localiser_config,
-    )  # fmt: skip
+    data = RunData(config.data_dir, ingested, *tables, store)
+    prepared = prepare_cv_task(data, config.train_config(), pipeline.run_dir, config.folds, localiser_config)
     params = {**config.model_dump(), **prepared.facts, "localiser_mode": pipeline.mode}
     log_params_task(run_id, params, tracking_uri)
     log_lineage_task(run_id, config.data_dir, tables[0], *study_assignment(folds=prepared.folds), tracking_uri)

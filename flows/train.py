@@ -32,7 +32,7 @@ from spine_model.evaluation.compare import MODEL_SUMMARY
 from spine_model.families import get_family
 from spine_model.pipeline.evaluate import read_metrics
 from spine_model.pipeline.publish import read_model_uris, study_assignment
-from spine_model.pipeline.run import PipelineRun, RunInputs
+from spine_model.pipeline.run import PipelineRun, RunData, RunInputs
 from spine_model.tracking.registry import LOCALISER_TAG
 from tasks.data import ingest, preflight_task, prepare_run_task, read_tables_task, validate_task, volume_store
 from tasks.registry import fetch_localiser_task, localiser_version_task, register_localiser_task
@@ -151,9 +151,8 @@ def _prepare_and_train(pipeline: PipelineRun, guard: Guard) -> None:
         config.preprocess_workers, table=tables[0],
     )  # fmt: skip
     localiser_config = config.localiser_config() if mode == "train" else None
-    prepared = prepare_run_task(
-        config.data_dir, ingested, tables, store, config.train_config(), str(run_dir), localiser_config
-    )
+    data = RunData(config.data_dir, ingested, *tables, store)
+    prepared = prepare_run_task(data, config.train_config(), str(run_dir), localiser_config)
     # The settings left unset say so: their values are the family's defaults (TrainConfig).
     family_defaults = ", ".join(config.family_defaults) or "none"
     params = {**config.model_dump(), **prepared.facts, "localiser_mode": mode, "family_defaults": family_defaults}

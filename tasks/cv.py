@@ -9,28 +9,19 @@ from prefect.cache_policies import NO_CACHE
 
 from spine_model.core.catalog import CVFolder
 from spine_model.core.config import TrainConfig
-from spine_model.data.volumes import StoreReport
 from spine_model.pipeline.cv import CVSummary, summarise_cv
-from spine_model.pipeline.data import IngestOutputs
 from spine_model.pipeline.publish import log_cv_outputs
-from spine_model.pipeline.run import PreparedCV, prepare_cv
+from spine_model.pipeline.run import PreparedCV, RunData, prepare_cv
 
 RETRIES = {"retries": 3, "retry_delay_seconds": 5}
 
 
 @task(name="prepare-cross-validation", cache_policy=NO_CACHE)
 def prepare_cv_task(
-    data_dir: str,
-    ingested: IngestOutputs,
-    tables: tuple[pd.DataFrame, pd.DataFrame],
-    store: StoreReport,
-    config: TrainConfig,
-    cv_dir: str,
-    folds: int,
-    localiser_config: TrainConfig | None = None,
+    data: RunData, config: TrainConfig, cv_dir: str, folds: int, localiser_config: TrainConfig | None = None
 ) -> PreparedCV:
     """Folds by study, a run folder each, and the localiser's: what the fold flow runs read."""
-    return prepare_cv(data_dir, ingested, *tables, store, config, cv_dir, folds, localiser_config)
+    return prepare_cv(data, config, cv_dir, folds, localiser_config)
 
 
 @task(name="summarise-folds", cache_policy=NO_CACHE)

@@ -20,7 +20,7 @@ from spine_model.data.validate import validate_data
 from spine_model.data.volumes import StoreReport, sources_fingerprint
 from spine_model.pipeline.data import IngestOutputs, ingest_step, series_to_store, store_step
 from spine_model.pipeline.preflight import preflight
-from spine_model.pipeline.run import PreparedRun, prepare_run
+from spine_model.pipeline.run import PreparedRun, RunData, prepare_run
 from tasks.retry import unless_bad_data
 
 CACHE_FOR = timedelta(days=30)
@@ -128,13 +128,7 @@ def volume_store(
 
 @task(name="prepare-run", cache_policy=NO_CACHE)
 def prepare_run_task(
-    data_dir: str,
-    ingested: IngestOutputs,
-    tables: tuple[pd.DataFrame, pd.DataFrame],
-    store: StoreReport,
-    config: TrainConfig,
-    run_dir: str,
-    localiser_config: TrainConfig | None = None,
+    data: RunData, config: TrainConfig, run_dir: str, localiser_config: TrainConfig | None = None
 ) -> PreparedRun:
     """Points on the store, study split, priors: the run folder(s) the training flows read."""
-    return prepare_run(data_dir, ingested, *tables, store, config, run_dir, localiser_config)
+    return prepare_run(data, config, run_dir, localiser_config)

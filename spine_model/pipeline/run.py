@@ -37,6 +37,18 @@ from spine_model.pipeline.data import IngestOutputs
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RunData:
+    """What run folders are prepared from: the data folder, its ingest, the coordinate table and
+    labels read from it once, and the volume store built from it."""
+
+    data_dir: str | Path
+    ingested: IngestOutputs
+    table: pd.DataFrame = field(repr=False)
+    labels: pd.DataFrame = field(repr=False)
+    store: StoreReport
+
+
 @dataclass
 class PreparedRun:
     """A run folder made ready for training, and what the parent logs about its data."""
@@ -54,31 +66,21 @@ class PreparedRun:
 
 
 def prepare_run(
-    data_dir: str | Path,
-    ingested: IngestOutputs,
-    table: pd.DataFrame,
-    labels: pd.DataFrame,
-    store: StoreReport,
-    config: TrainConfig,
-    run_dir: str | Path,
-    localiser_config: TrainConfig | None = None,
+    data: RunData, config: TrainConfig, run_dir: str | Path, localiser_config: TrainConfig | None = None
 ) -> PreparedRun:
     """Locate the coordinate rows on the store, split by study, fit the priors; write the run folder.
 
-    table and labels are `ingested.read()`, passed in so that the caller reads them once. Points
-    whose image could not be stored are dropped, counted and logged. Writes run.json, the training
+    Points whose image could not be stored are dropped, counted and logged. Writes run.json, the training
     points and priors.json; returns the record and the data facts worth logging. With
     `localiser_config`, the run folder's `localiser/` gets the same points, priors and split for
     training a localiser beside the classifier.
     """
-    points, unplaced = locate_table(table, store)
+    points, unplaced = locate_table(data.table, data.store)
     split = split_by_study(points, config.val_fraction, config.split_seed)
-    prepared = write_run(RunFolder(run_dir), data_dir, ingested, points, labels, store, config, split)
+    prepared = write_run(RunFolder(run_dir), data, points, config, split)
     if localiser_config is not None:
-        prepared.localiser = write_run(
-            prepared.folder.localiser, data_dir, ingested, points, labels, store, localiser_config, split
-        ).record
-    prepared.facts = run_facts(prepared, store, unplaced, ingested)
+        prepared.localiser = write_run(prepared.folder.localiser, data, points, localiser_config, split).record
+    prepared.facts = run_facts(prepared, data, unplaced)
     return prepared
 
 
@@ -93,28 +95,22 @@ def locate_table(table: pd.DataFrame, store: StoreReport) -> tuple[pd.DataFrame,
 
 
 def write_run(
-    folder: RunFolder,
-    data_dir: str | Path,
-    ingested: IngestOutputs,
-    points: pd.DataFrame,
-    labels: pd.DataFrame,
-    store: StoreReport,
-    config: TrainConfig,
-    split: StudySplit,
+    folder: RunFolder, data: RunData, points: pd.DataFrame, config: TrainConfig, split: StudySplit
 ) -> PreparedRun:
-    """One run folder for a given split: its points, priors (of its training side) and record."""
+    """One run folder for a given split: its points (those placed on the store), priors (of its
+    training side) and record."""
     write_table(points, folder.points)
-    prior = class_prior(split.select(labels, "train"))
+    prior = class_prior(split.select(data.labels, "train"))
     save_priors(folder.priors, CoordinatePrior.fit(split.select(points, "train")), prior)
-    record = RunRecord(str(Path(data_dir).resolve()), ingested.labels_path, store.root, config, split)
+    record = RunRecord(str(Path(data.data_dir).resolve()), data.ingested.labels_path, data.store.root, config, split)
     record.save(folder.root)
-    return PreparedRun(folder, record, {}, points, labels)
+    return PreparedRun(folder, record, {}, points, data.labels)
 
 
-def run_facts(prepared: PreparedRun, store: StoreReport, unplaced: pd.DataFrame, ingested: IngestOutputs) -> dict:
+def run_facts(prepared: PreparedRun, data: RunData, unplaced: pd.DataFrame) -> dict:
     """The data facts of a prepared run and the few words on its model: its MLflow params."""
     record = prepared.record
-    facts = data_facts(prepared.points, prepared.labels, record.split, store, unplaced, ingested.skipped)
+    facts = data_facts(prepared.points, prepared.labels, record.split, data.store, unplaced, data.ingested.skipped)
     facts[MODEL_SUMMARY] = get_family(record.config.model_family).describe(record.config)
     return facts
 
@@ -131,35 +127,23 @@ class PreparedCV:
 
 
 def prepare_cv(
-    data_dir: str | Path,
-    ingested: IngestOutputs,
-    table: pd.DataFrame,
-    labels: pd.DataFrame,
-    store: StoreReport,
-    config: TrainConfig,
-    cv_dir: str | Path,
-    k: int,
-    localiser_config: TrainConfig | None = None,
+    data: RunData, config: TrainConfig, cv_dir: str | Path, k: int, localiser_config: TrainConfig | None = None
 ) -> PreparedCV:
     """K folds by study, stratified on the studies' severity profiles (config.split_seed), each a run
     folder as `prepare_run` writes one; one localiser for all folds (trained on fold 0's split: it only
     places test-time points, and the folds' scores use the labelled ones). The assignment and its
     fingerprint go to folds.json."""
     folder = CVFolder(cv_dir)
-    points, unplaced = locate_table(table, store)
+    points, unplaced = locate_table(data.table, data.store)
+    labels = data.labels
     folds = assign_folds(labels[labels["study_id"].isin(points["study_id"])], k, config.split_seed)
     payload = json.dumps({**folds.to_dict(), "fingerprint": folds.fingerprint(), "k": k}, indent=2).encode()
     atomic_write(folder.folds, lambda handle: handle.write(payload))
-    runs = [
-        write_run(folder.fold(fold), data_dir, ingested, points, labels, store, config, folds.split(fold))
-        for fold in range(k)
-    ]
+    runs = [write_run(folder.fold(fold), data, points, config, folds.split(fold)) for fold in range(k)]
     localiser = None
     if localiser_config is not None:
-        localiser = write_run(
-            folder.localiser, data_dir, ingested, points, labels, store, localiser_config, folds.split(0)
-        )
-    facts = run_facts(runs[0], store, unplaced, ingested)
+        localiser = write_run(folder.localiser, data, points, localiser_config, folds.split(0))
+    facts = run_facts(runs[0], data, unplaced)
     facts.pop("data_train_studies"), facts.pop("data_val_studies")
     facts.update({VAL_FINGERPRINT: folds.fingerprint(), "cv_folds": k, "data_studies": len(folds.fold_of)})
     return PreparedCV(folder, folds, runs, localiser, facts)

@@ -20,7 +20,7 @@ from spine_model.core.catalog import Workspace
 from spine_model.core.config import TrainConfig
 from spine_model.pipeline import launcher
 from spine_model.pipeline.data import ingest_step, series_to_store, store_step
-from spine_model.pipeline.run import RunInputs, prepare_run
+from spine_model.pipeline.run import RunData, RunInputs, prepare_run
 from spine_model.pipeline.train import train_step
 from spine_model.training.history import EpochStats
 
@@ -39,9 +39,11 @@ def prepare(tiny_data, module_tmp):
     table, labels = ingested.read()
     store = store_step(tiny_data, "train", series_to_store(tiny_data, "train", table), root / "store", 32, 1, False)
 
+    data = RunData(tiny_data, ingested, table, labels, store)
+
     def make(name: str, **changes) -> RunInputs:
         config = TrainConfig(**{**SETTINGS, **changes})
-        return prepare_run(tiny_data, ingested, table, labels, store, config, workspace.run(name).root).inputs()
+        return prepare_run(data, config, workspace.run(name).root).inputs()
 
     return make
 

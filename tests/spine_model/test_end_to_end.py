@@ -12,7 +12,7 @@ from spine_model.core.config import TrainConfig
 from spine_model.data.synth import generate_dataset
 from spine_model.pipeline.data import ingest_step, series_to_store, store_step
 from spine_model.pipeline.evaluate import evaluate_step
-from spine_model.pipeline.run import RunInputs, prepare_run
+from spine_model.pipeline.run import RunData, RunInputs, prepare_run
 from spine_model.pipeline.train import train_step
 from tests.conftest import FAMILIES
 
@@ -37,7 +37,7 @@ def test_synth_to_evaluation(family_name, data, tmp_path):
         model_family=family_name, pretrained=False, store_size=48, image_size=48, crop_size=24, epochs=1,
         batch_size=16, num_workers=0, lr=1e-3, val_fraction=0.25,
     )  # fmt: skip
-    prepared = prepare_run(data, ingested, table, labels, store, config, folder.root)
+    prepared = prepare_run(RunData(data, ingested, table, labels, store), config, folder.root)
     assert prepared.facts["data_train_points"] + prepared.facts["data_val_points"] == len(table)
     assert prepared.facts["model_summary"].startswith(family_name)
     priors = json.loads(folder.priors.read_text())

@@ -10,7 +10,7 @@ from spine_model.evaluation.reports import evaluate_model
 from spine_model.inference.prior import load_priors
 from spine_model.pipeline.data import ingest_step, series_to_store, store_step
 from spine_model.pipeline.evaluate import evaluate_step
-from spine_model.pipeline.run import RunInputs, prepare_run
+from spine_model.pipeline.run import RunData, RunInputs, prepare_run
 from spine_model.pipeline.train import train_step
 from spine_model.training.checkpoints import load_checkpoint
 
@@ -28,7 +28,7 @@ def test_points_on_unreadable_images_are_dropped_counted_and_logged(tiny_copy, t
     store = store_step(tiny_copy, "train", series_to_store(tiny_copy, "train", table), tmp_path / "s", 32, 1, False)
     config = TrainConfig(model_family="crops", store_size=32, val_fraction=0.25)
     with caplog.at_level(logging.WARNING):
-        prepared = prepare_run(tiny_copy, ingested, table, labels, store, config, workspace.run("r").root)
+        prepared = prepare_run(RunData(tiny_copy, ingested, table, labels, store), config, workspace.run("r").root)
     assert prepared.facts["data_points_dropped_unreadable"] == int(on_broken.sum()) > 0
     assert prepared.facts["data_images_unreadable"] == 1
     assert any("image not in the volume store" in message for message in caplog.messages)
@@ -46,7 +46,7 @@ def test_restore_best_chooses_the_checkpoint_that_is_evaluated_and_served(tiny_d
         model_family="crops", store_size=32, crop_size=16, epochs=1, batch_size=16, num_workers=0, pretrained=False,
         val_fraction=0.25,
     )  # fmt: skip
-    prepared = prepare_run(tiny_data, ingested, table, labels, store, config, workspace.run("r").root)
+    prepared = prepare_run(RunData(tiny_data, ingested, table, labels, store), config, workspace.run("r").root)
     run = prepared.inputs()
     train_step(run, progress=False)
     run.folder.best_checkpoint.write_bytes(b"not a checkpoint")  # whoever reads best.pt now fails
