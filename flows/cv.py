@@ -68,7 +68,8 @@ def cross_validate(config: CVConfig = CVConfig()) -> dict[str, float | str]:
             _prepare(pipeline, guard)
             pipeline.result = _train_folds_and_finish(pipeline)
         except BaseException as error:
-            _record_end(pipeline, error)
+            if (stopped := _record_end(pipeline, error)) is not None:
+                return stopped  # asked to stop: the flow run ends Cancelled
             raise
     _compare_after(pipeline)
     return pipeline.result
@@ -126,7 +127,8 @@ def _resume(cv_dir: str) -> dict[str, float | str]:
         try:
             pipeline.result = _train_folds_and_finish(pipeline, resume=True)
         except BaseException as error:
-            _record_end(pipeline, error)
+            if (stopped := _record_end(pipeline, error)) is not None:
+                return stopped  # asked to stop: the flow run ends Cancelled
             raise
     _compare_after(pipeline)
     return pipeline.result

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
+from prefect.states import Cancelled, State
 
 from flows.compare import compare_models
 from flows.config import PipelineConfig, TrainRequest
@@ -55,7 +56,10 @@ def train_on_gpu(request: TrainRequest) -> dict[str, float]:
     """Train and evaluate the classifier on this machine's device, logging into the parent's MLflow run."""
     with _child_run(request):
         run = load_run_task(request.run_dir)
-        train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume)
+        trained = train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume, return_state=True)
+        if trained.is_cancelled():
+            return _stopped_on_request(request, trained)
+        trained.result()  # a failure raises here
         metrics = evaluate_task(run)
         log_results_task(request.mlflow_run_id, run, request.tracking_uri)
     return metrics
@@ -67,7 +71,10 @@ def train_localiser(request: TrainRequest) -> dict[str, float]:
     pipeline's), and register it as spine-localiser."""
     with _child_run(request):
         run = load_run_task(request.run_dir)
-        train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume)
+        trained = train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume, return_state=True)
+        if trained.is_cancelled():
+            return _stopped_on_request(request, trained)
+        trained.result()  # a failure raises here
         metrics = evaluate_localiser_task(run)
         uris = log_results_task(request.mlflow_run_id, run, request.tracking_uri)
         register_localiser_task(request.mlflow_run_id, uris["model_uri"], request.tracking_uri)
@@ -89,6 +96,37 @@ def _child_run(request: TrainRequest) -> Iterator[None]:
                 line = mark_stopped(request.mlflow_run_id, request.run_dir, request.tracking_uri, _how(error))
                 get_run_logger().warning("%s", line)
             raise
+
+
+STOP_REQUESTED = "asked to stop: its STOP file"
+
+
+def _stopped_on_request(request: TrainRequest, trained: State) -> State:
+    """A training child asked to stop (a sweep pruned it, or a person): its MLflow run KILLED with the
+    epoch reached, the flow run Cancelled with why."""
+    line = mark_stopped(request.mlflow_run_id, request.run_dir, request.tracking_uri, STOP_REQUESTED)
+    get_run_logger().info("%s (%s)", line, trained.message)
+    return Cancelled(message=line)
+
+
+def _stop_requests(pipeline: PipelineRun) -> list[tuple[str, str]]:
+    """(MLflow run id, run folder) of the pipeline's runs whose folder holds a STOP file."""
+    runs = pipeline.mlflow_runs()
+    return [(run_id, run_dir) for run_id, run_dir in runs if RunFolder(run_dir).stop_request.is_file()]
+
+
+def _cancelled(pipeline: PipelineRun) -> State:
+    """A pipeline run stopped on request: the MLflow runs asked to stop KILLED with the epoch reached
+    (the others still running too: their pipeline stopped), the flow run Cancelled with why;
+    `--resume` goes on with it."""
+    asked = _stop_requests(pipeline)
+    for run_id, run_dir in pipeline.mlflow_runs():
+        if (run_id, run_dir) not in asked:
+            mark_stopped(run_id, run_dir, pipeline.tracking_uri, "its pipeline was asked to stop")
+    lines = [mark_stopped(run_id, run_dir, pipeline.tracking_uri, STOP_REQUESTED) for run_id, run_dir in asked]
+    for line in lines:
+        get_run_logger().info("%s", line)
+    return Cancelled(message="; ".join(lines))
 
 
 def _dispatch_to_work_pool(jobs: list[tuple[str, TrainRequest, str]], config: PipelineConfig) -> dict[str, str]:
@@ -128,7 +166,8 @@ def train_pipeline(config: PipelineConfig = PipelineConfig()) -> dict[str, float
         try:
             _prepare_and_train(pipeline, guard)
         except BaseException as error:
-            _record_end(pipeline, error)
+            if (stopped := _record_end(pipeline, error)) is not None:
+                return stopped  # asked to stop: the flow run ends Cancelled
             raise
     _compare_after(pipeline)
     return pipeline.result
@@ -197,24 +236,30 @@ def _resume(run_dir: str) -> dict[str, float | str]:
         try:
             pipeline.result = _train_and_finish(pipeline, load_run_task(pipeline.run_dir), resume=True)
         except BaseException as error:
-            _record_end(pipeline, error)
+            if (stopped := _record_end(pipeline, error)) is not None:
+                return stopped  # asked to stop: the flow run ends Cancelled
             raise
     _compare_after(pipeline)
     return pipeline.result
 
 
-def _record_end(pipeline: PipelineRun, error: BaseException) -> None:
-    """A run that did not finish: stopped from outside (KILLED, with the epoch reached and how to
-    resume, said in the log and on the exception), or failed (FAILED, unless a child that was
-    stopped already marked it KILLED). Plain calls, not tasks: they run while the flow fails."""
+def _record_end(pipeline: PipelineRun, error: BaseException) -> State | None:
+    """A run that did not finish: asked to stop (a STOP file in a run folder: its MLflow runs KILLED
+    with the epoch reached; returns the Cancelled state the flow ends in), stopped from outside
+    (KILLED, with the epoch reached and how to resume, said in the log and on the exception), or
+    failed (FAILED, unless a child that was stopped already marked it KILLED). None: the flow
+    re-raises. Plain calls, not tasks: they run while the flow fails."""
     if is_interrupt(error):
         for run_id, run_dir in pipeline.mlflow_runs():
             get_run_logger().warning("%s", mark_stopped(run_id, run_dir, pipeline.tracking_uri, _how(error)))
         interrupts.note_resume(resume_command(pipeline.run_dir))
-        return
+        return None
+    if _stop_requests(pipeline):
+        return _cancelled(pipeline)
     for run_id, _ in pipeline.mlflow_runs():
         if tracking.run_status(run_id, pipeline.tracking_uri) != "KILLED":
             end_run_task.fn(run_id, "FAILED", pipeline.tracking_uri)
+    return None
 
 
 def _how(error: BaseException) -> str:

@@ -9,6 +9,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import task_run
+from prefect.states import Cancelled, State
 
 from spine_model import tracking
 from spine_model.core.catalog import RunFolder, RunRecord
@@ -17,6 +18,7 @@ from spine_model.pipeline.run import RunInputs, role_of
 from spine_model.pipeline.train import train_run
 from spine_model.training.checkpoints import saved_epoch
 from spine_model.training.history import EpochLog, EpochStats
+from spine_model.training.loop import TrainingStopped
 from tasks.retry import unless_bad_data
 
 
@@ -27,11 +29,13 @@ def load_run_task(run_dir: str) -> RunInputs:
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, retry_condition_fn=unless_bad_data)
-def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str, resume: bool = False) -> dict[str, float]:
+def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str, resume: bool = False) -> dict[str, float] | State:
     """Fit the run's model; every epoch goes to MLflow (step = epoch) and the progress bar.
 
     A retry of this task (or `resume`) goes on from the last epoch the run folder saved, in the
-    same MLflow run, and says so (log line and the run's `resumed_from_epoch` tag).
+    same MLflow run, and says so (log line and the run's `resumed_from_epoch` tag). Training asked
+    to stop (its run folder's STOP file: a sweep pruning it, or a person) ends the task Cancelled
+    with the reason, not Failed: nothing went wrong, and the checkpoints are kept.
     """
     logger = get_run_logger()
     config = run.record.config
@@ -59,7 +63,11 @@ def train_task(run: RunInputs, mlflow_run_id: str, tracking_uri: str, resume: bo
     if config.gpus > 1:  # torchrun, one process per GPU; rank 0's epochs come back to on_epoch_end
         tracking.set_tags(mlflow_run_id, {"training_processes": config.gpus}, tracking_uri)
     # Batch progress bars when a person watches a terminal; worker logs get the per-epoch lines.
-    summary = train_run(run, on_epoch_end, progress=sys.stderr.isatty(), resume=resume)
+    try:
+        summary = train_run(run, on_epoch_end, progress=sys.stderr.isatty(), resume=resume)
+    except TrainingStopped as stop:
+        flush_metrics_task(buffer)
+        return Cancelled(message=str(stop))
     flush_metrics_task(buffer)
     return {"best_epoch": summary["best_epoch"], "best_val_loss": summary["best_val_loss"]}
 

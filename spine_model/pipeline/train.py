@@ -50,9 +50,10 @@ def train_step(
     """
     folder = run.folder
     epochs = EpochLog(folder.epochs_log)
-    if world.main and not resume:
-        epochs.clear()
-        folder.stop_request.unlink(missing_ok=True)
+    if world.main:
+        folder.stop_request.unlink(missing_ok=True)  # an earlier request was honoured: this training goes on
+        if not resume:
+            epochs.clear()
 
     def report(stats: EpochStats) -> None:
         """One line per epoch in the run folder (fit calls this on rank 0 only): whoever waits for the

@@ -6,10 +6,14 @@ from __future__ import annotations
 import mlflow
 import optuna
 import pytest
+from prefect.client.orchestration import get_client
 
 from flows.config import PipelineConfig
 from flows.sweep import sweep
+from flows.train import train_pipeline
+from spine_model.core.catalog import RunFolder
 from spine_model.pipeline.sweep import SpaceError, read_space
+from spine_model.training.history import EpochLog
 from tests.conftest import TINY_TRAIN
 
 SPACE = {"lr": [1e-3, 2.0], "crop_size": [16]}
@@ -80,3 +84,27 @@ def test_a_stopped_sweep_resumes_without_repeating_a_finished_trial(swept):
         f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}'",
     )
     assert sorted(run.data.tags.get("sweep_trial") for run in nested) == ["0", "1", "2", "4"]  # none repeated
+
+
+def test_a_pruned_trial_ends_cancelled_saying_why_and_resumes_to_its_last_epoch(swept):
+    config, result, root = swept
+    client = mlflow.MlflowClient(config.tracking_uri)
+    (run,) = [
+        run
+        for run in client.search_runs(
+            [client.get_run(result["mlflow_run_id"]).info.experiment_id],
+            f"tags.mlflow.parentRunId = '{result['mlflow_run_id']}' and tags.sweep_trial = '2'",
+        )
+    ]
+    with get_client(sync_client=True) as prefect:
+        state = prefect.read_flow_run(run.data.tags["prefect.flow_run_id"]).state
+    # Cancelled, not Failed: nothing went wrong; the message says where it stopped and how to go on.
+    assert state.is_cancelled() and "asked to stop: its STOP file" in state.message, state
+    stopped_at = int(run.data.tags["stopped_at_epoch"])
+    assert 1 <= stopped_at < 4 and "--resume" in state.message
+
+    run_dir = RunFolder(root / "out" / "runs" / "s-trial-2")
+    train_pipeline(PipelineConfig(resume=str(run_dir.root)))  # the stop request was honoured: it goes on
+    assert not run_dir.stop_request.exists()
+    assert [stats.epoch for stats in EpochLog(run_dir.epochs_log).read()] == [1, 2, 3, 4]
+    assert client.get_run(run.info.run_id).info.status == "FINISHED"

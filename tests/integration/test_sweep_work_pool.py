@@ -32,8 +32,11 @@ def test_a_sweep_runs_two_trials_at_a_time_and_prunes_the_hopeless_one(stack, se
     trials = [run for run in runs if not run.name.endswith("-classifier")]  # each trial's training: a child
     assert sorted((run.name, run.state_name) for run in trials) == [
         ("pool-sweep-trial-0", "Completed"), ("pool-sweep-trial-1", "Completed"),
-        ("pool-sweep-trial-2", "Completed"), ("pool-sweep-trial-3", "Failed"),
+        ("pool-sweep-trial-2", "Completed"), ("pool-sweep-trial-3", "Cancelled"),
     ], [(run.name, run.state_name) for run in runs]  # fmt: skip
+    # The pruned trial's training on the gpu pool ends Cancelled too (asked to stop), not Failed.
+    children = {run.name: run.state_name for run in runs if run.name.endswith("-classifier")}
+    assert children["pool-sweep-trial-3-classifier"] == "Cancelled", children
     states = {trial["trial"]: trial["state"] for trial in result["trials"]}
     assert states == {0: "complete", 1: "complete", 2: "complete", 3: "pruned"}, result["trials"]
     ordered = sorted(trials, key=lambda run: run.start_time)
