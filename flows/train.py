@@ -56,10 +56,8 @@ def train_on_gpu(request: TrainRequest) -> dict[str, float]:
     """Train and evaluate the classifier on this machine's device, logging into the parent's MLflow run."""
     with _child_run(request):
         run = load_run_task(request.run_dir)
-        trained = train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume, return_state=True)
-        if trained.is_cancelled():
-            return _stopped_on_request(request, trained)
-        trained.result()  # a failure raises here
+        if (stopped := _train(request, run)) is not None:
+            return stopped  # asked to stop: the flow run ends Cancelled
         metrics = evaluate_task(run)
         log_results_task(request.mlflow_run_id, run, request.tracking_uri)
     return metrics
@@ -71,10 +69,8 @@ def train_localiser(request: TrainRequest) -> dict[str, float]:
     pipeline's), and register it as spine-localiser."""
     with _child_run(request):
         run = load_run_task(request.run_dir)
-        trained = train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume, return_state=True)
-        if trained.is_cancelled():
-            return _stopped_on_request(request, trained)
-        trained.result()  # a failure raises here
+        if (stopped := _train(request, run)) is not None:
+            return stopped  # asked to stop: the flow run ends Cancelled
         metrics = evaluate_localiser_task(run)
         uris = log_results_task(request.mlflow_run_id, run, request.tracking_uri)
         register_localiser_task(request.mlflow_run_id, uris["model_uri"], request.tracking_uri)
@@ -101,9 +97,14 @@ def _child_run(request: TrainRequest) -> Iterator[None]:
 STOP_REQUESTED = "asked to stop: its STOP file"
 
 
-def _stopped_on_request(request: TrainRequest, trained: State) -> State:
-    """A training child asked to stop (a sweep pruned it, or a person): its MLflow run KILLED with the
-    epoch reached, the flow run Cancelled with why."""
+def _train(request: TrainRequest, run: RunInputs) -> State | None:
+    """Train the request's run folder (a failure raises). Asked to stop (a sweep pruned it, or a
+    person): its MLflow run KILLED with the epoch reached; returns the Cancelled state, with why,
+    that the child flow run ends in."""
+    trained = train_task(run, request.mlflow_run_id, request.tracking_uri, request.resume, return_state=True)
+    if not trained.is_cancelled():
+        trained.result()
+        return None
     line = mark_stopped(request.mlflow_run_id, request.run_dir, request.tracking_uri, STOP_REQUESTED)
     get_run_logger().info("%s (%s)", line, trained.message)
     return Cancelled(message=line)

@@ -33,7 +33,7 @@ import pandas as pd
 from pydantic import BaseModel, ValidationError
 
 from spine_model import tracking
-from spine_model.core.catalog import CVFolder, Workspace
+from spine_model.core.catalog import CVFolder, RunFolder, Workspace
 from spine_model.core.config import TrainConfig
 from spine_model.core.files import atomic_write_figure
 from spine_model.evaluation.compare import markdown_table
@@ -238,10 +238,11 @@ class SweepTrials:
         """Report the trial's new epochs (its epoch log) to Optuna; when Optuna prunes it, write its
         STOP file (training ends after the epoch it is in) and return what happened, in words."""
         news = None
-        for stats in EpochLog(Path(run_dir) / "epochs.jsonl").read()[len(reported) :]:
+        folder = RunFolder(run_dir)
+        stop = folder.stop_request
+        for stats in EpochLog(folder.epochs_log).read()[len(reported) :]:
             trial.report(stats.val_loss, stats.epoch)
             reported.append(stats.epoch)
-            stop = Path(run_dir) / "STOP"
             if trial.should_prune() and not stop.exists():
                 stop.touch()
                 news = f"trial {trial.number} pruned after epoch {stats.epoch} (validation loss {stats.val_loss:.4f})"
@@ -250,7 +251,7 @@ class SweepTrials:
     def tell(self, trial: optuna.trial.Trial, run_dir: Path, error: str | None) -> str:
         """The trial's end, to Optuna and on its MLflow run (tags; a pruned run KILLED): "complete",
         "pruned" (it was asked to stop, whatever its run said then) or "failed" (`error`, kept)."""
-        pruned = (Path(run_dir) / "STOP").exists()
+        pruned = RunFolder(run_dir).stop_request.exists()
         if error is None:
             state = "complete"
             self.study.tell(trial, trial_score(run_dir, bool(self.folds)))
@@ -277,8 +278,7 @@ class SweepTrials:
 
 def trial_run_id(run_dir: Path, folds: bool) -> str | None:
     """The MLflow run of a trial, from the state its pipeline keeps in its folder (None before that)."""
-    folder = Path(run_dir).parent if folds else Path(run_dir)
-    state = folder / "pipeline.json"
+    state = CVFolder(Path(run_dir).parent).pipeline_state if folds else RunFolder(run_dir).pipeline_state
     return json.loads(state.read_text())["run_id"] if state.is_file() else None
 
 
@@ -287,5 +287,5 @@ def trial_score(run_dir: Path, folds: bool) -> float:
     if folds:
         metrics = CVFolder(Path(run_dir).parent).summary_files()["metrics"]
     else:
-        metrics = Path(run_dir) / "evaluation" / "metrics.json"
+        metrics = RunFolder(run_dir).evaluation_files()["metrics"]
     return float(json.loads(metrics.read_text())[OBJECTIVE])
